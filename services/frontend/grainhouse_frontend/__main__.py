@@ -1,0 +1,78 @@
+"""`python -m grainhouse_frontend`: wiring only (settings, runtime, HTTP server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
+
+from grainhouse_common import metrics, rpc, runtime, settings
+from grainhouse_frontend import app as appmod
+from grainhouse_frontend.settings import FrontendSettings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture: the runtime owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
+    rt = runtime.make_runtime("frontend", common, None, None)
+    runtime.install_signals(rt.stop)
+    listener = metrics.serve("frontend", own.metrics_listen)
+    peers = {"auth": common.auth_addr, "grainmgr": common.grainmgr_addr}
+    status: dict[str, bool] = {"nats": False, **{name: False for name in peers}}
+
+    async def monitor() -> None:
+        while not rt.stop.is_set():
+            status["nats"] = rt.bus.connected
+            for name, addr in peers.items():
+                status[name] = await rpc.check_health(addr, timeout=1.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rt.stop.wait(), 1.0)
+
+    async def health() -> dict[str, bool]:
+        return dict(status)
+
+    host, port = metrics.split_addr(own.listen)
+    config = uvicorn.Config(
+        appmod.build(health),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(common.shutdown_grace_seconds),
+        h11_max_incomplete_event_size=own.max_request_line_bytes,
+    )
+    server = _Server(config)
+    connector = asyncio.create_task(rt.bus.connect(rt.stop))
+    watcher = asyncio.create_task(monitor())
+    serving = asyncio.create_task(server.serve())
+    stopper = asyncio.create_task(rt.stop.wait())
+    await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    rt.log.info("stopping")
+    server.should_exit = True
+    await serving
+    rt.stop.set()
+    for task in (connector, watcher, stopper):
+        task.cancel()
+    await rt.bus.close()
+    listener.close()
+    rt.log.info("stopped")
+    return 0 if server.started else 1
+
+
+def main() -> int:
+    common = settings.load_or_exit(settings.CommonSettings)
+    own = settings.load_or_exit(FrontendSettings)
+    return asyncio.run(serve(common, own))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

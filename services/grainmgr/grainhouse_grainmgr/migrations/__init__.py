@@ -1,0 +1,1 @@
+"""Numbered SQL migrations of the grainmgr schema (applied at start)."""
