@@ -21,7 +21,7 @@ system-deps: ## Install Debian packages the platform and tests need (only when r
 $(STAMP): $(PYPROJECTS) requirements-dev.txt constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PIP) install -q --upgrade pip
-	@$(PIP) install -q -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PKGS))
+	@$(PIP) install -q -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PKGS)) -e 'libs/package[test]'
 	@touch $@
 
 $(PROTO_STAMP): $(STAMP) $(wildcard proto/*.proto) tools/gen_proto.py
