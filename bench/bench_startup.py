@@ -28,7 +28,10 @@ def start(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], float]:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [GRAINHOUSE, "up", "--data-dir", str(data_dir), "--http-port", "0"],
-            stdout=subprocess.DEVNULL, stderr=out, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
+            start_new_session=True,
         )
     marks: dict[str, float] = {}
     while True:
@@ -74,7 +77,9 @@ def main() -> int:
                 status = json.loads(
                     subprocess.run(
                         [GRAINHOUSE, "status", "--data-dir", str(root / "var"), "--json"],
-                        capture_output=True, text=True, check=True,
+                        capture_output=True,
+                        text=True,
+                        check=True,
                     ).stdout
                 )
                 for name, svc in status["services"].items():
@@ -87,7 +92,9 @@ def main() -> int:
             "warm_up_to_ready_seconds_p50": round(statistics.median(totals), 2),
             "warm_up_to_ready_seconds_all": [round(t, 2) for t in totals],
             "baseline_postgres_and_nats_ready_seconds_p50": round(statistics.median(floors), 2),
-            "ratio_ready_vs_baseline": round(statistics.median(totals) / statistics.median(floors), 2),
+            "ratio_ready_vs_baseline": round(
+                statistics.median(totals) / statistics.median(floors), 2
+            ),
             "goal": "warm up-to-ready <= 5 s",
             "idle_memory": memory,
         }

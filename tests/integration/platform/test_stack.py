@@ -257,3 +257,15 @@ def test_second_up_on_the_same_data_dir_is_refused(stack: Stack) -> None:
     assert len(lines) == 1 and "already running" in lines[0]
     assert str(stack.proc.pid) in lines[0]  # type: ignore[union-attr]
     stack.wait_all_healthy()
+
+
+def test_sigterm_to_a_service_is_a_clean_exit_0(stack: Stack) -> None:
+    services = stack.wait_all_healthy()
+    pid = services["grainmgr"]["pid"]
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: "grainmgr exited" in stack.log(), 60, "grainmgr to exit")
+    assert "grainmgr exited (code 0)" in stack.log()
+    log = (stack.data_dir / "logs" / "grainmgr.log").read_text()
+    assert '"msg": "stopping"' in log and '"msg": "stopped"' in log
+    after = stack.wait_all_healthy(90)
+    assert after["grainmgr"]["pid"] != pid
