@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import uvicorn
 
 from grainhouse_common import metrics, rpc, runtime, settings
+from grainhouse_frontend import api, identity
 from grainhouse_frontend import app as appmod
 from grainhouse_frontend.settings import FrontendSettings
+from grainhouse_proto import auth_pb2_grpc, grainmgr_pb2_grpc
 
 
 class _Server(uvicorn.Server):
@@ -39,9 +41,28 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
     async def health() -> dict[str, bool]:
         return dict(status)
 
+    auth_channel = rpc.channel(common.auth_addr)
+    grainmgr_channel = rpc.channel(common.grainmgr_addr)
+    ident = identity.Identity(auth_pb2_grpc.AuthStub(auth_channel))
+    deps = api.Deps(
+        ident,
+        grainmgr_pb2_grpc.GrainManagerStub(grainmgr_channel),
+        {**peers, "backup": common.backup_addr},
+    )
+
+    async def on_revoked(subject: str, event: dict[str, object]) -> None:
+        # A revocation reaches this cache at once (the cache is only a few seconds anyway).
+        ident.forget_credentials({str(c) for c in event.get("credential_ids", []) or []})  # type: ignore[union-attr]
+        if event.get("account_id"):
+            ident.forget_account(str(event["account_id"]))
+
+    async def connect_bus() -> None:
+        if await rt.bus.connect(rt.stop):
+            await rt.bus.subscribe("grainhouse.auth.grant.revoked", on_revoked)
+
     host, port = metrics.split_addr(own.listen)
     config = uvicorn.Config(
-        appmod.build(health),
+        appmod.build(health, deps),
         host=host,
         port=port,
         log_config=None,
@@ -51,7 +72,7 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
         h11_max_incomplete_event_size=own.max_request_line_bytes,
     )
     server = _Server(config)
-    connector = asyncio.create_task(rt.bus.connect(rt.stop))
+    connector = asyncio.create_task(connect_bus())
     watcher = asyncio.create_task(monitor())
     serving = asyncio.create_task(server.serve())
     stopper = asyncio.create_task(rt.stop.wait())
@@ -63,6 +84,8 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
     for task in (connector, watcher, stopper):
         task.cancel()
     await rt.bus.close()
+    await auth_channel.close()
+    await grainmgr_channel.close()
     listener.close()
     rt.log.info("stopped")
     return 0 if server.started else 1

@@ -1,7 +1,7 @@
 """The frontend's HTTP application: routes of the public listener.
 
-Owns: the Starlette app (health now; web UI, REST API and grain traffic arrive with their
-issues).
+Owns: the Starlette app: health, the REST API (/api/v1); the web UI and grain traffic
+arrive with their issues.
 Trusts: auth's answers for who a caller is (nothing from the browser).
 Never: reads credential data, opens grain files or creates sandboxes.
 """
@@ -12,14 +12,18 @@ from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from grainhouse_frontend import api as apimod
+from grainhouse_frontend import problem
 from grainhouse_frontend.http_metrics import HttpMetrics
 
 
-def build(health: Callable[[], Awaitable[dict[str, bool]]]) -> ASGIApp:
+def build(
+    health: Callable[[], Awaitable[dict[str, bool]]], deps: apimod.Deps | None = None
+) -> ASGIApp:
     async def healthz(request: Request) -> JSONResponse:
         checks = await health()
         ok = all(checks.values())
@@ -29,5 +33,13 @@ def build(health: Callable[[], Awaitable[dict[str, bool]]]) -> ASGIApp:
             headers={"Cache-Control": "no-store"},
         )
 
-    app = Starlette(routes=[Route("/healthz", healthz, methods=["GET"])])
+    async def api_not_found(request: Request) -> Response:
+        return problem.problem(404, f"no API route {request.url.path}", "not_found")
+
+    routes = [Route("/healthz", healthz, methods=["GET"])]
+    if deps is not None:
+        api_routes, _ = apimod.build_routes(deps)
+        routes += api_routes
+    routes.append(Route("/api/{rest:path}", api_not_found))
+    app = Starlette(routes=routes, exception_handlers=problem.HANDLERS)  # type: ignore[arg-type]
     return HttpMetrics(app, app.router)
