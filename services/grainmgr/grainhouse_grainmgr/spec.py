@@ -1,0 +1,142 @@
+"""What grainmgr asks of the launcher and what it hears back: the spawn request, limits, exits.
+
+Owns: the value types `Limits`, `SpawnSpec`, `ExitStatus`, `SandboxError` and their JSON form
+(the only encoding that crosses the launcher socket: no pickle).
+Trusts: nothing; `from_wire` re-checks every field's type, because the fork server must not
+believe the client blindly either.
+Never: imports anything outside the standard library (the fork server may run on a bare
+interpreter, e.g. Debian's /usr/bin/python3 in unprivileged mode).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GRAIN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+MiB = 1024 * 1024
+
+
+class SandboxError(Exception):
+    """A spawn or launcher failure. `kind` is one of: invalid, unavailable, internal.
+
+    `message` is safe to show to an operator: it names the field or the kernel feature at fault.
+    """
+
+    KINDS = ("invalid", "unavailable", "internal")
+
+    def __init__(self, kind: str, message: str) -> None:
+        if kind not in self.KINDS:
+            kind = "internal"
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-grain resource limits. Zero means "no limit" only where documented."""
+
+    memory_bytes: int = 512 * MiB  # cgroup memory limit (RLIMIT_AS fallback without cgroups)
+    pids: int = 256  # cgroup pids.max; 0 = none
+    nofile: int = 1024  # RLIMIT_NOFILE
+    tmp_bytes: int = 64 * MiB  # size of the private /tmp tmpfs
+    shm_bytes: int = 16 * MiB  # size of /dev/shm
+    var_quota_bytes: int = 1024 * MiB  # disk use allowed under /var
+    log_bytes: int = 1 * MiB  # size of one log file before rotation
+    log_keep: int = 2  # rotated files kept (log.1 .. log.N)
+
+    def check(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise SandboxError("invalid", f"limits.{name} must be a non-negative integer")
+        if self.nofile < 16:
+            raise SandboxError("invalid", "limits.nofile must be at least 16")
+        if self.tmp_bytes < 1 * MiB or self.shm_bytes < 1 * MiB:
+            raise SandboxError("invalid", "limits.tmp_bytes and shm_bytes must be at least 1 MiB")
+        if self.log_bytes < 4096:
+            raise SandboxError("invalid", "limits.log_bytes must be at least 4096")
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """One grain's first process and the host paths its sandbox is built from."""
+
+    grain_id: str  # [A-Za-z0-9_-]{1,64}, used for names (cgroup, log)
+    argv: list[str]  # first process inside the sandbox (absolute path inside the sandbox)
+    env: dict[str, str]  # the ONLY environment the grain gets
+    package_dir: str  # host path, mounted read-only at /opt/app
+    var_dir: str  # host path, mounted read-write at /var
+    log_path: str  # host path of the grain's stdout/stderr log (size-capped, rotated)
+    pass_fds: tuple[int, ...] = ()  # caller's fds that become 3, 4, ... inside
+    limits: Limits = field(default_factory=Limits)
+
+    def check(self) -> None:
+        """Shape checks only; path policy lives in `admission`."""
+        if not isinstance(self.grain_id, str) or not GRAIN_ID_RE.fullmatch(self.grain_id):
+            raise SandboxError("invalid", "grain_id must match [A-Za-z0-9_-]{1,64}")
+        if (
+            not isinstance(self.argv, list)
+            or not self.argv
+            or not all(isinstance(a, str) and "\0" not in a for a in self.argv)
+        ):
+            raise SandboxError("invalid", "argv must be a non-empty list of strings without NUL")
+        if not self.argv[0].startswith("/"):
+            raise SandboxError("invalid", f"argv[0] must be an absolute path: {self.argv[0]!r}")
+        if not isinstance(self.env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+            for k, v in self.env.items()
+        ):
+            raise SandboxError("invalid", "env must map names (no '=' or NUL) to strings")
+        for name in ("package_dir", "var_dir", "log_path"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+                raise SandboxError("invalid", f"{name} must be an absolute host path")
+        if not all(isinstance(fd, int) and fd >= 0 for fd in self.pass_fds):
+            raise SandboxError("invalid", "pass_fds must be non-negative integers")
+        if len(self.pass_fds) > 16:
+            raise SandboxError("invalid", "at most 16 fds may be passed to a grain")
+        if not isinstance(self.limits, Limits):
+            raise SandboxError("invalid", "limits must be a Limits")
+        self.limits.check()
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = asdict(self)
+        del wire["pass_fds"]  # fds travel as SCM_RIGHTS, not as numbers
+        wire["nfds"] = len(self.pass_fds)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> SpawnSpec:
+        try:
+            limits = Limits(**wire["limits"])
+            spec = cls(
+                grain_id=wire["grain_id"],
+                argv=list(wire["argv"]),
+                env=dict(wire["env"]),
+                package_dir=wire["package_dir"],
+                var_dir=wire["var_dir"],
+                log_path=wire["log_path"],
+                limits=limits,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SandboxError("invalid", f"malformed spawn request: {exc}") from exc
+        spec.check()
+        return spec
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a grain's first process (and with it, its whole pid namespace) ended."""
+
+    grain_id: str
+    code: int | None  # exit code if it exited
+    signal: int | None  # signal number if it was killed
+    oom_killed: bool = False  # the memory cgroup killed something in the grain
+    reason: str = ""  # "exited", "killed", "oom", "launcher-lost"
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
