@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from grainhouse_cli import admin
+from grainhouse_cli import admin, setup_link
 from grainhouse_cli.datadir import DataDir, DataDirError
 from grainhouse_cli.supervisor import Supervisor, status
 
@@ -126,6 +126,20 @@ def api_token(
         print(json.dumps({"url": url, "token": token}))
     else:
         print(token)
+
+
+@admin_app.command("setup-link")
+def setup_link_cmd(
+    data_dir: DataDirOpt = Path("var"),
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds (0 = 1 hour).")] = 0,
+) -> None:
+    """Print a one-time link that makes whoever opens it the admin."""
+    try:
+        link = setup_link.create_setup_link(DataDir(data_dir), ttl)
+    except admin.AdminError as exc:
+        err(str(exc))
+        raise typer.Exit(1) from None
+    print(link.url)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ class CommonSettings(BaseSettings):
     )
     dev_mode: bool = Field(False, description="Enables dev accounts and logs email links.")
     nats_url: str = Field(
-        "nats://127.0.0.1:6086", description="NATS server URL(s), comma separated."
+        "nats://127.0.0.1:6085", description="NATS server URL(s), comma separated."
     )
     public_url: str = Field(
         "http://localhost:6080", description="Where people reach the web UI and REST API."

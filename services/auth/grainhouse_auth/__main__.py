@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
-from grainhouse_auth import operator_key, tokens
+from grainhouse_auth import oidc, operator_key, tokens
 from grainhouse_auth.service import AuthServicer
 from grainhouse_auth.settings import AuthSettings
 from grainhouse_common import runtime, settings
@@ -14,6 +15,11 @@ from grainhouse_proto import auth_pb2_grpc
 def main() -> int:
     common = settings.load_or_exit(settings.CommonSettings)
     own = settings.load_or_exit(AuthSettings)
+    try:
+        oidc.parse_providers(own.oidc_providers.get_secret_value())
+    except ValueError as exc:
+        print(f"grainhouse: {exc}", file=sys.stderr)
+        return 2
     key_file = own.operator_key_file or common.data_dir / "auth" / "operator.key"
     key = operator_key.load_or_create(key_file)
     rt = runtime.make_runtime(

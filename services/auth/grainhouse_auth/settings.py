@@ -31,3 +31,36 @@ class AuthSettings(ServiceSettings):
     token_max_ttl_seconds: int = Field(
         365 * 86400, gt=0, description="Longest lifetime an API token may be given."
     )
+    session_idle_seconds: int = Field(
+        14 * 86400, gt=0, description="A session unused this long ends (GetSession touch resets)."
+    )
+    session_absolute_seconds: int = Field(
+        30 * 86400, gt=0, description="A session ends this long after login, however active."
+    )
+    setup_link_ttl_seconds: int = Field(3600, gt=0, description="Default setup link lifetime.")
+    invitation_ttl_seconds: int = Field(7 * 86400, gt=0, description="Default invitation life.")
+    email_code_ttl_seconds: int = Field(900, gt=0, description="Lifetime of a mailed login code.")
+    share_link_max_ttl_seconds: int = Field(
+        365 * 86400, gt=0, description="Longest lifetime a share link or grain token may have."
+    )
+    authorize_cache_seconds: int = Field(
+        30, ge=0, description="How long the frontend may cache an Authorize answer."
+    )
+    login_free_failures: int = Field(5, ge=0, description="Failures before backoff starts.")
+    login_block_after: int = Field(20, gt=0, description="Failures after which a key is blocked.")
+    login_block_seconds: int = Field(3600, gt=0, description="How long a blocked key waits.")
+    login_base_delay_seconds: float = Field(
+        1.0, gt=0, description="First backoff after the free failures; doubles each time."
+    )
+    login_max_delay_seconds: int = Field(300, gt=0, description="Longest backoff before a block.")
+    smtp_host: str = Field("", description="SMTP server for login links; empty: no mail.")
+    smtp_port: int = Field(587, gt=0, lt=65536, description="SMTP port.")
+    smtp_username: str = Field("", description="SMTP login; empty: no authentication.")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password (a secret).")
+    smtp_sender: str = Field("grainhouse@localhost", description="From: address of mails.")
+    smtp_starttls: bool = Field(True, description="Use STARTTLS on the SMTP connection.")
+    oidc_providers: SecretStr = Field(
+        SecretStr(""),
+        description="OpenID Connect providers as JSON (a secret: holds client secrets): "
+        '{"<name>": {"issuer", "client_id", "client_secret", "redirect_uris": [...], "scopes"}}.',
+    )

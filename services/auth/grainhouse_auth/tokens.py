@@ -1,4 +1,4 @@
-"""Personal API tokens: issue, authenticate, revoke.
+"""Personal API tokens: issue, authenticate, list, revoke.
 
 Owns: rows of `auth.api_tokens` and the built-in operator account row.
 Trusts: the database; callers have already decided the caller may do this.
@@ -11,21 +11,23 @@ then a constant-time comparison guards against any index-timing side channel.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from grainhouse_auth import credentials
+from grainhouse_auth.store import Conn, Row, many, one
 from grainhouse_common.errors import GrainhouseError, Kind
 
-PREFIX = "ghp_"
+PREFIX = credentials.API_TOKEN
 OPERATOR_ACCOUNT = "operator"
 SCOPES = ("read", "write", "admin")
+_COLUMNS = (
+    "t.token_id, t.account_id, t.name, t.scopes, t.created_at, t.expires_at, t.last_used_at,"
+    " t.secret_hint"
+)
 
 
 @dataclass(frozen=True)
@@ -42,20 +44,20 @@ class Token:
 
 
 def hash_secret(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    return credentials.hash_secret(secret)
 
 
-def _row_to_token(row: Any) -> Token:
+def _from(row: Row) -> Token:
     return Token(
-        token_id=row[0],
-        account_id=row[1],
-        name=row[2],
-        scopes=tuple(row[3]),
-        created_at=row[4],
-        expires_at=row[5],
-        last_used_at=row[6],
-        secret_hint=row[7],
-        is_admin_account=bool(row[8]) if len(row) > 8 else False,
+        token_id=row["token_id"],
+        account_id=row["account_id"],
+        name=row["name"],
+        scopes=tuple(row["scopes"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
+        secret_hint=row["secret_hint"],
+        is_admin_account=bool(row.get("is_admin", False)),
     )
 
 
@@ -69,66 +71,93 @@ async def ensure_operator_account(pool: AsyncConnectionPool) -> None:
 
 
 async def issue(
-    pool: AsyncConnectionPool,
+    conn: Conn,
     account_id: str,
     name: str,
     scopes: tuple[str, ...],
     ttl_seconds: int,
+    not_after: datetime | None = None,
 ) -> tuple[str, Token]:
     """Create a token; returns (secret, metadata). The secret is never seen again."""
     if not 1 <= len(name) <= 100:
         raise GrainhouseError(Kind.INVALID, "name: must be 1 to 100 characters")
     if not scopes or any(s not in SCOPES for s in scopes):
         raise GrainhouseError(Kind.INVALID, "scopes: at least one of read, write, admin")
-    secret = PREFIX + secrets.token_urlsafe(32)
-    token_id = "tok_" + secrets.token_hex(12)
+    secret = credentials.new_secret(PREFIX)
     expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
-    async with pool.connection() as conn:
-        try:
-            cur = await conn.execute(
-                "INSERT INTO api_tokens (token_id, account_id, name, secret_hash, secret_hint,"
-                " scopes, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " RETURNING token_id, account_id, name, scopes, created_at, expires_at,"
-                " last_used_at, secret_hint",
-                (
-                    token_id,
-                    account_id,
-                    name,
-                    hash_secret(secret),
-                    secret[:8],
-                    list(scopes),
-                    expires,
-                ),
-            )
-        except psycopg.errors.ForeignKeyViolation as exc:
-            raise GrainhouseError(Kind.NOT_FOUND, "account not found") from exc
-        row = await cur.fetchone()
+    if not_after is not None and expires > not_after:
+        raise GrainhouseError(
+            Kind.PERMISSION, "ttl_seconds: a token cannot outlive the token that makes it"
+        )
+    try:
+        row = await one(
+            conn,
+            "INSERT INTO api_tokens AS t (token_id, account_id, name, secret_hash, secret_hint,"  # noqa: S608 - constant SQL text; values go in as parameters
+            " scopes, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING " + _COLUMNS,
+            (
+                credentials.new_id("tok_"),
+                account_id,
+                name,
+                credentials.hash_secret(secret),
+                credentials.hint(secret),
+                sorted(set(scopes), key=SCOPES.index),
+                expires,
+            ),
+        )
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise GrainhouseError(Kind.NOT_FOUND, "account not found") from exc
     assert row is not None
-    return secret, _row_to_token(row)
+    return secret, _from(row)
 
 
-async def authenticate(pool: AsyncConnectionPool, secret: str) -> Token:
+async def authenticate(conn: Conn, secret: str) -> Token:
     """The live token behind `secret`, or UNAUTHENTICATED (same answer for every failure)."""
     denied = GrainhouseError(Kind.UNAUTHENTICATED, "invalid or expired token")
-    if not secret.startswith(PREFIX) or len(secret) > 200:
+    if not credentials.plausible(secret, PREFIX):
         raise denied
-    digest = hash_secret(secret)
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT t.token_id, t.account_id, t.name, t.scopes, t.created_at, t.expires_at,"
-            " t.last_used_at, t.secret_hint, a.is_admin, t.secret_hash"
-            " FROM api_tokens t JOIN accounts a USING (account_id)"
-            " WHERE t.secret_hash = %s AND t.revoked_at IS NULL AND t.expires_at > now()"
-            " AND NOT a.disabled",
-            (digest,),
-        )
-        row = await cur.fetchone()
-        if row is None or not hmac.compare_digest(bytes(row[9]), digest):
-            raise denied
-        # Last use is recorded at most once a minute to keep reads cheap.
-        await conn.execute(
-            "UPDATE api_tokens SET last_used_at = now() WHERE token_id = %s"
-            " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-            (row[0],),
-        )
-    return _row_to_token(row[:9])
+    digest = credentials.hash_secret(secret)
+    row = await one(
+        conn,
+        "SELECT " + _COLUMNS + ", a.is_admin, t.secret_hash"  # noqa: S608 - constant SQL text; values go in as parameters
+        " FROM api_tokens t JOIN accounts a USING (account_id)"
+        " WHERE t.secret_hash = %s AND t.revoked_at IS NULL AND t.expires_at > now()"
+        " AND NOT a.disabled",
+        (digest,),
+    )
+    if row is None or not credentials.same(row["secret_hash"], digest):
+        raise denied
+    # Last use is recorded at most once a minute to keep reads cheap.
+    await conn.execute(
+        "UPDATE api_tokens SET last_used_at = now() WHERE token_id = %s"
+        " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        (row["token_id"],),
+    )
+    return _from(row)
+
+
+async def live_of(conn: Conn, account_id: str, after: str, limit: int) -> list[Token]:
+    """Live tokens newest first, after the cursor ("<created_at iso>|<id>")."""
+    ts, _, tid = after.partition("|")
+    rows = await many(
+        conn,
+        "SELECT " + _COLUMNS + " FROM api_tokens t WHERE t.account_id = %s"  # noqa: S608 - constant SQL text; values go in as parameters
+        " AND t.revoked_at IS NULL AND t.expires_at > now()"
+        " AND (%s = '' OR (t.created_at, t.token_id) < (%s::timestamptz, %s))"
+        " ORDER BY t.created_at DESC, t.token_id DESC LIMIT %s",
+        (account_id, ts, ts or None, tid, limit),
+    )
+    return [_from(r) for r in rows]
+
+
+async def owner_of(conn: Conn, token_id: str) -> str | None:
+    row = await one(conn, "SELECT account_id FROM api_tokens WHERE token_id = %s", (token_id,))
+    return None if row is None else str(row["account_id"])
+
+
+async def revoke(conn: Conn, token_id: str) -> bool:
+    """True if the token was live and is now revoked."""
+    cur = await conn.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_id = %s AND revoked_at IS NULL",
+        (token_id,),
+    )
+    return cur.rowcount == 1
