@@ -7,7 +7,8 @@
 #   * bridge authors: the bridge is PID 1 of a grain's pid namespace. It starts the app's
 #     command from the manifest, waits for it to listen on its HTTP port on loopback, and speaks
 #     Cap'n Proto (two-party, this file) to grainmgr over file descriptor 3 — the only channel
-#     out of the sandbox besides the stream socket described at `Bridge.openStream`.
+#     out of the sandbox besides the stream hand-over socket on fd 4 (`streamFd`, see
+#     `Bridge.openStream`).
 #   * app authors: you need only the HTTP rules in section 1 (which headers you receive and what
 #     they mean). An app speaks plain HTTP on loopback and never has to touch Cap'n Proto. An app
 #     that wants platform services (logging, wake locks, …) may connect to `appApiSocket` and
@@ -268,15 +269,18 @@ interface Bridge {
   openStream @2 (sessionId :Text, streamKey :Data) -> ();
   # Prepare one byte stream of a live session. HTTP never travels as one RPC per request (we
   # measured one Cap'n Proto call per request at ~7x slower than a byte relay): this call only
-  # sets a stream up, and the bytes then flow over a separate Unix socket, the grain's stream
-  # socket (`streamSocket`, a path grainmgr can reach from outside the grain's network
-  # namespace). Protocol: after this call returns, the bridge accepts on the stream socket
-  # exactly one connection whose first bytes are `streamKey` (32 bytes, chosen at random by
-  # grainmgr), within `streamKeyTimeoutSeconds`; it then connects to the app's HTTP port on
-  # loopback and splices bytes both ways, unparsed, until either side closes (HTTP/1.1
-  # keep-alive and WebSocket upgrades just work). A connection with an unknown, used or late key
-  # is closed at once. One stream carries one session only. Fails: `failed` for an unknown
-  # session id or a key that is not 32 bytes; `overloaded` above the per-grain stream limit.
+  # sets a stream up, and the bytes then flow over a separate connected Unix socket that
+  # grainmgr hands to the bridge. Protocol: after this call returns, grainmgr sends on the
+  # hand-over socket (`streamFd`, a SOCK_SEQPACKET socket) one datagram whose bytes are
+  # `streamKey` (32 bytes, chosen at random by grainmgr) with the stream's socket attached as
+  # SCM_RIGHTS; the bridge takes it if the key was prepared here within
+  # `streamKeyTimeoutSeconds` and not used yet, connects to the app's HTTP port on loopback and
+  # splices bytes both ways, unparsed, until either side closes (HTTP/1.1 keep-alive and
+  # WebSocket upgrades just work). A socket with an unknown, used or late key is closed at once.
+  # One stream carries one session only. Fails: `failed` for an unknown session id or a key that
+  # is not 32 bytes; `overloaded` above the per-grain stream limit (256 streams).
+  # (Earlier drafts had the bridge listen on `streamSocket`; an fd handed over a private socket
+  # needs no listener, no path a grain could race for, and no per-grain mount.)
 
   ping @3 () -> (health :Health);
   # Liveness and readiness. Cheap, read-only, idempotent. grainmgr calls it after start (until
@@ -339,12 +343,17 @@ interface WakeLock {
 
 const bridgeFd :UInt32 = 3;
 # The file descriptor on which the bridge finds its Cap'n Proto connection to grainmgr. The
-# launcher makes it the only inherited fd besides 0, 1, 2.
+# launcher makes it and `streamFd` the only inherited fds besides 0, 1, 2; the bridge marks
+# both close-on-exec so the app never holds them.
 
 const streamSocket :Text = "/run/grainhouse/stream.sock";
-# Path, inside the grain, where the bridge listens for byte streams (see Bridge.openStream).
-# The directory is a per-grain host directory mounted into the grain, so grainmgr reaches the
-# socket without any network path into the grain.
+# Not used (kept because constants are part of the contract): streams arrive on `streamFd`
+# instead of a listening socket at this path. See Bridge.openStream.
+
+const streamFd :UInt32 = 4;
+# The file descriptor on which the bridge receives byte streams: a SOCK_SEQPACKET Unix socket;
+# each datagram is a 32-byte stream key with one stream socket attached (SCM_RIGHTS). The
+# bridge never writes on it. Like `bridgeFd`, it is not inherited by the app.
 
 const appApiSocket :Text = "/run/grainhouse/api.sock";
 # Path, inside the grain, where the bridge serves Platform to the app (Cap'n Proto two-party,

@@ -8,6 +8,8 @@ command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || need+=(libseccomp2)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v apparmor_parser >/dev/null || need+=(apparmor)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing Debian packages: ${need[*]} (install them as root: apt-get install ${need[*]})" >&2

@@ -92,7 +92,7 @@ class ForkServer:
         self.layout = sandbox.Layout("", "", "", ())
         self.uid_base = 0
         self.uid_count = 0
-        self.extra_ro: list[str] = []
+        self.extra_ro: list[str | list[str]] = []
         self.quota_interval = 5.0
         self.seccomp_program: bytes | None = None
         self.landlock = False

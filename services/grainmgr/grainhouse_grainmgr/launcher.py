@@ -56,7 +56,9 @@ class LauncherSettings:
     cgroup_name: str = "grainhouse"  # our subtree in each cgroup hierarchy (stale ones cleaned)
     uid_base: int = 200_000  # root mode: first host uid of grains
     uid_count: int = 65_536  # root mode: number of grain uids
-    extra_ro: tuple[str, ...] = ()  # host paths also mounted read-only at the same place
+    # Extra read-only mounts: a host path (mounted at the same place) or a (host, inside)
+    # pair; nothing may go under /tmp, /var, /opt/app, /proc or /dev inside.
+    extra_ro: tuple[str | tuple[str, str], ...] = ()
     quota_interval: float = 5.0  # seconds between /var usage measurements
     spares: int = 2  # outer processes pre-forked into their cgroup (hides the v1 join cost)
     seccomp: bool = True  # compile and load the seccomp filter (refuse to start without it)

@@ -103,10 +103,28 @@ class Layout:
     root: str  # skeleton of "/": mount points and the /bin -> usr/bin style symlinks
     etc: str  # the grains' /etc
     dev: str  # skeleton of /dev: empty files to bind devices on, shm/, fd and std* links
-    runtime: tuple[str, ...]  # host paths bound read-only at the same place (/usr, extras)
+    runtime: tuple[tuple[str, str], ...]  # (host path, path inside) bound read-only
 
 
-def prepare_layout(runtime_dir: str, extra_ro: list[str]) -> Layout:
+def _extra_target(entry: str | list[str] | tuple[str, str]) -> tuple[str, str]:
+    """An extra read-only mount: a host path (same place inside) or a (host, inside) pair."""
+    host_path, inside = (entry, entry) if isinstance(entry, str) else (entry[0], entry[1])
+    if not os.path.isabs(host_path) or not os.path.isabs(inside):
+        raise ValueError(f"extra read-only mount {entry!r}: paths must be absolute")
+    if inside in (GRAIN_TMP, "/var", "/opt/app", "/proc", "/dev") or inside.startswith(
+        (GRAIN_TMP + "/", "/var/", "/opt/app/", "/proc/", "/dev/")
+    ):
+        # These places get their own mounts later and would hide (or be hidden by) it.
+        raise ValueError(
+            f"extra read-only mount {inside}: it lies under a grain mount; "
+            "mount it elsewhere with a (host, inside) pair"
+        )
+    return os.path.normpath(host_path), os.path.normpath(inside)
+
+
+def prepare_layout(
+    runtime_dir: str, extra_ro: list[str] | list[str | list[str] | tuple[str, str]]
+) -> Layout:
     """Build (or rebuild) the skeleton under `runtime_dir`; world-readable, root's."""
     root = os.path.join(runtime_dir, "root")
     etc = os.path.join(runtime_dir, "etc")
@@ -115,20 +133,21 @@ def prepare_layout(runtime_dir: str, extra_ro: list[str]) -> Layout:
         if os.path.isdir(path):
             shutil.rmtree(path)
         _mkdir(path)
-    runtime: list[str] = []
+    runtime: list[tuple[str, str]] = []
     for host_path in RUNTIME_DIRS:
         if os.path.islink(host_path):
             os.symlink(os.readlink(host_path), root + host_path)
         elif os.path.isdir(host_path):
             _mkdir(root + host_path)
-            runtime.append(host_path)
-    for host_path in extra_ro:
-        os.makedirs(os.path.dirname(root + host_path), 0o755, exist_ok=True)
+            runtime.append((host_path, host_path))
+    for entry in extra_ro:
+        host_path, inside = _extra_target(entry)
+        os.makedirs(os.path.dirname(root + inside), 0o755, exist_ok=True)
         if os.path.isdir(host_path):
-            os.makedirs(root + host_path, 0o755, exist_ok=True)
+            os.makedirs(root + inside, 0o755, exist_ok=True)
         else:
-            _touch(root + host_path, 0o644)
-        runtime.append(host_path)
+            _touch(root + inside, 0o644)
+        runtime.append((host_path, inside))
     for sub in ("etc", "opt", "opt/app", "var", GRAIN_TMP[1:], "dev", "proc"):
         os.makedirs(os.path.join(root, sub), 0o755, exist_ok=True)
     for name in DEVICES:
@@ -508,8 +527,8 @@ def _premount(layout: Layout) -> None:
     with _step("mount the new root"):
         sc.mount(root, root, None, sc.MS_BIND)  # pivot_root wants a mount point
     with _step("mount the platform runtime read-only"):
-        for path in layout.runtime:
-            _bind(path, root + path, read_only=True)
+        for host_path, inside in layout.runtime:
+            _bind(host_path, root + inside, read_only=True)
     with _step("mount /etc read-only"):
         _bind(layout.etc, root + "/etc", read_only=True)
     with _step("build a minimal /dev"):
@@ -614,7 +633,14 @@ def _loopback_up() -> None:
 def _landlock(layout: Layout) -> None:
     from grainhouse_grainmgr import landlock  # the colleague's module; absent -> not offered
 
-    read_only = [*RUNTIME_DIRS, "/etc", "/opt/app", "/dev", "/proc", *layout.runtime]
+    read_only = [
+        *RUNTIME_DIRS,
+        "/etc",
+        "/opt/app",
+        "/dev",
+        "/proc",
+        *(inside for _, inside in layout.runtime),
+    ]
     read_only = sorted({p for p in read_only if os.path.exists(p)})
     if not landlock.restrict(read_only, ["/var", GRAIN_TMP, GRAIN_SHM, "/dev/null"]):
         raise StepError("the kernel refused the Landlock ruleset")

@@ -1,0 +1,712 @@
+"""Grains: records, storage directories and the lifecycle state machine.
+
+Owns: `<data_dir>/grainmgr/grains/<grain_id>/` (var/ = the grain's /var, log = its log), the
+`grains` rows (through store.py), the table of running grains with their bridge clients,
+sessions and relayed streams, the per-grain lifecycle locks, and the grain events on NATS.
+Trusts: the launcher to build sandboxes; packages.py for installed packages; nothing a grain
+says (a bridge that misbehaves on fd 3 is treated as a crash and its grain killed).
+Never: forks (the launcher does); runs two processes for one grain (one lock per grain, and
+every start and stop holds it); lets a trashed grain start.
+
+States (grainmgr.proto GrainState): stopped -> starting -> running -> stopping -> stopped;
+running -> crashed (unexpected exit, bridge gone, start timeout); any -> trashed -> stopped
+(restore); trashed/any -> deleted (row and storage gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grainhouse_common.bus import Bus
+from grainhouse_common.errors import GrainhouseError, Kind
+from grainhouse_grainmgr import metrics, snapshots
+from grainhouse_grainmgr.control import BridgeClient, GrainEnds, schema_path
+from grainhouse_grainmgr.launcher import Launcher, Limits, SandboxError, SpawnSpec
+from grainhouse_grainmgr.packages import Packages, view_info
+from grainhouse_grainmgr.sessions import Session, StreamKeys, Ticket, new_session_id
+from grainhouse_grainmgr.store import GrainRow, Store
+
+log = logging.getLogger("grainhouse.grainmgr.grains")
+
+# Where the platform's own read-only files appear inside every grain (see __main__'s
+# grain_runtime_paths): fixed places, independent of where the code lives on the host.
+RUNTIME_INSIDE = {
+    "bridge": "/opt/grainhouse/bridge",
+    "proto": "/opt/grainhouse/proto",
+    "capnp": "/opt/grainhouse/capnp",
+}
+BRIDGE_PROGRAM = f"{RUNTIME_INSIDE['bridge']}/bridge.py"
+MAX_TITLE = 200
+CRASH_WINDOW_SECONDS = 60.0
+CRASHES_BEFORE_BACKOFF = 3
+PING_TIMEOUT_SECONDS = 10.0
+
+
+def new_grain_id() -> str:
+    """160 random bits, base32 lowercase without padding (32 chars)."""
+    return base64.b32encode(secrets.token_bytes(20)).decode().lower().rstrip("=")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    idle_stop_seconds: float = 90.0
+    trash_retention_seconds: float = 30 * 86400.0
+    start_timeout_seconds: float = 30.0
+    stop_grace_seconds: int = 10
+    max_running: int = 200
+    memory_bytes: int = 512 * 1024 * 1024
+    var_quota_bytes: int = 1024 * 1024 * 1024
+    bridge_python: str = "/usr/bin/python3"
+    ping_interval_seconds: float = 10.0
+    capnp_package: str = ""
+
+
+@dataclass
+class Running:
+    """A grain with a live sandbox."""
+
+    grain_id: str
+    package_id: str
+    bridge: BridgeClient
+    started: float = field(default_factory=time.monotonic)
+    last_activity: float = field(default_factory=time.monotonic)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    streams: set[asyncio.Task[Any]] = field(default_factory=set)
+    stopping: bool = False
+    ready: bool = False  # the app listens; until then only the starter holds this grain
+    last_ping: float = field(default_factory=time.monotonic)
+    failure: str = ""  # set when grainmgr kills a grain that failed to start
+    watcher: asyncio.Task[None] | None = None
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+
+@dataclass
+class OpenedSession:
+    session_id: str
+    ticket: Ticket
+    row: GrainRow
+    view_info: dict[str, Any]
+
+
+class Grains:
+    def __init__(
+        self,
+        store: Store,
+        packages: Packages,
+        launcher: Launcher,
+        bus: Bus,
+        root: Path,
+        settings: LifecycleSettings,
+        auth: Any = None,
+    ) -> None:
+        self.store = store
+        self.packages = packages
+        self.launcher = launcher
+        self.bus = bus
+        self.root = root / "grains"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)
+        self.settings = settings
+        self.auth = auth  # grainhouse_grainmgr.authlink.AuthLink or None
+        self.keys = StreamKeys()
+        self.running: dict[str, Running] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._crashes: dict[str, list[float]] = {}
+        self.busy: set[str] = set()  # grains being exported (no second export at once)
+
+    # -- paths and records --------------------------------------------------------------------
+
+    def grain_dir(self, grain_id: str) -> Path:
+        return self.root / grain_id
+
+    def var_dir(self, grain_id: str) -> Path:
+        return self.grain_dir(grain_id) / "var"
+
+    def log_path(self, grain_id: str) -> Path:
+        return self.grain_dir(grain_id) / "log"
+
+    def lock(self, grain_id: str) -> asyncio.Lock:
+        lock = self._locks.get(grain_id)
+        if lock is None:
+            lock = self._locks[grain_id] = asyncio.Lock()
+        return lock
+
+    async def get(self, grain_id: str) -> GrainRow:
+        if not grain_id:
+            raise GrainhouseError(Kind.INVALID, "grain_id is required")
+        if len(grain_id) > 64:
+            raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
+        row = await self.store.get_grain(grain_id)
+        if row is None:
+            raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
+        return row
+
+    async def _set_state(self, grain_id: str, state: str, event: str | None, **more: Any) -> None:
+        await self.store.update_grain(grain_id, state=state, **more)
+        if event is not None:
+            await self.publish(grain_id, event, state, more.get("last_error", ""))
+
+    async def publish(self, grain_id: str, event: str, state: str, reason: str = "") -> None:
+        row = await self.store.get_grain(grain_id)
+        owner = row.owner_id if row else ""
+        await self.bus.publish(
+            f"grainhouse.grainmgr.grain.{event}",
+            {
+                "grain_id": grain_id,
+                "owner_account_id": owner,
+                "state": state,
+                "at": now().isoformat(),
+                "reason": reason,
+            },
+        )
+
+    # -- create -------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        app_id: str,
+        package_id: str,
+        action_index: int | None,
+        action_name: str | None,
+        title: str,
+        owner: str,
+    ) -> GrainRow:
+        if not app_id:
+            raise GrainhouseError(Kind.INVALID, "app_id is required")
+        if not owner:
+            raise GrainhouseError(Kind.INVALID, "owner_account_id is required")
+        if len(title) > MAX_TITLE:
+            raise GrainhouseError(Kind.INVALID, f"title is longer than {MAX_TITLE} characters")
+        if package_id:
+            package = await self.packages.get(package_id)
+            if package.app_id != app_id:
+                raise GrainhouseError(Kind.NOT_FOUND, "no such package for this app")
+        else:
+            current = await self.store.current_package(app_id)
+            if current is None:
+                raise GrainhouseError(Kind.NOT_FOUND, "no such app")
+            package = current
+        actions = package.manifest.get("actions", [])
+        if action_name:
+            if not any(a.get("noun") == action_name for a in actions):
+                raise GrainhouseError(Kind.NOT_FOUND, f"no action {action_name!r}")
+        elif (action_index or 0) >= len(actions):
+            raise GrainhouseError(Kind.NOT_FOUND, f"no action number {action_index}")
+        grain_id = new_grain_id()
+        row = GrainRow(
+            grain_id=grain_id,
+            app_id=app_id,
+            package_id=package.package_id,
+            app_version=package.version,
+            app_title=package.title,
+            owner_id=owner,
+            title=title or f"Untitled {package.title}",
+            state="stopped",
+            size_bytes=0,
+            created_at=now(),
+            last_used_at=None,
+            trashed_at=None,
+            trash_expires_at=None,
+            last_error="",
+        )
+        if self.auth is not None:
+            await self.auth.register(
+                grain_id, owner, app_id, view_info(package.manifest), row.title
+            )
+        self._make_storage(grain_id)
+        try:
+            await self.store.add_grain(row)
+        except BaseException:
+            shutil.rmtree(self.grain_dir(grain_id), ignore_errors=True)
+            raise
+        await self.publish(grain_id, "created", "stopped")
+        return row
+
+    def _make_storage(self, grain_id: str) -> None:
+        d = self.grain_dir(grain_id)
+        d.mkdir(mode=0o711)
+        self.var_dir(grain_id).mkdir(mode=0o700)
+
+    async def update_title(self, grain_id: str, title: str) -> GrainRow:
+        row = await self.get(grain_id)
+        if not title:
+            raise GrainhouseError(Kind.INVALID, "title must not be empty")
+        if len(title) > MAX_TITLE:
+            raise GrainhouseError(Kind.INVALID, f"title is longer than {MAX_TITLE} characters")
+        if row.trashed_at is not None:
+            raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
+        await self.store.update_grain(grain_id, title=title)
+        return await self.get(grain_id)
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def ensure_running(self, grain_id: str) -> Running:
+        """Start the grain unless it runs; N concurrent callers start exactly one process."""
+        running = self.running.get(grain_id)
+        if running is not None and running.ready and not running.stopping:
+            return running
+        async with self.lock(grain_id):
+            running = self.running.get(grain_id)
+            if running is not None and running.ready and not running.stopping:
+                return running
+            return await self._start(grain_id)
+
+    async def _start(self, grain_id: str) -> Running:
+        row = await self.get(grain_id)
+        if row.trashed_at is not None:
+            raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
+        recent = [
+            t
+            for t in self._crashes.get(grain_id, [])
+            if time.monotonic() - t < CRASH_WINDOW_SECONDS
+        ]
+        self._crashes[grain_id] = recent
+        if len(recent) >= CRASHES_BEFORE_BACKOFF:
+            raise GrainhouseError(
+                Kind.UNAVAILABLE,
+                f"the grain crashed {len(recent)} times in a minute; retry in "
+                f"{int(CRASH_WINDOW_SECONDS - (time.monotonic() - recent[0])) + 1} s",
+            )
+        if len(self.running) >= self.settings.max_running:
+            raise GrainhouseError(Kind.OVERLOADED, "no capacity to start another grain")
+        package = await self._package_for_start(row)
+        installed = self.packages.installed(package.package_id)
+        manifest = installed.manifest
+        listen = manifest.listen
+        config = {
+            "argv": list(manifest.continue_command),
+            "env": dict(manifest.env),
+            "port": listen.port,
+            "unix_socket": listen.unix_socket,
+            "start_timeout": self.settings.start_timeout_seconds,
+            "view_info": view_info(package.manifest),
+            "schema": f"{RUNTIME_INSIDE['proto']}/{schema_path().name}",
+            "capnp_package": self.settings.capnp_package,
+        }
+        await self._set_state(grain_id, "starting", None, last_error="")
+        ends = GrainEnds.make()
+        spec = SpawnSpec(
+            grain_id=grain_id,
+            argv=[self.settings.bridge_python, "-I", "-B", BRIDGE_PROGRAM],
+            env={"GRAINHOUSE_BRIDGE": json.dumps(config), "LANG": "C.UTF-8"},
+            package_dir=str(installed.files_dir),
+            var_dir=str(self.var_dir(grain_id)),
+            log_path=str(self.log_path(grain_id)),
+            pass_fds=(ends.control_theirs.fileno(), ends.streams_theirs.fileno()),
+            limits=Limits(
+                memory_bytes=self.settings.memory_bytes,
+                var_quota_bytes=self.settings.var_quota_bytes,
+            ),
+        )
+        t0 = time.monotonic()
+        try:
+            await self.launcher.spawn(spec)
+        except SandboxError as exc:
+            ends.close()
+            metrics.grain_starts.labels(result="error").inc()
+            await self._set_state(grain_id, "crashed", "crashed", last_error="sandbox failed")
+            log.error("grain %s: sandbox failed: %s", grain_id, exc.message)
+            raise GrainhouseError(Kind.UNAVAILABLE, "the grain could not be started") from exc
+        finally:
+            ends.close_theirs()
+        bridge = BridgeClient(ends)
+        running = Running(grain_id, package.package_id, bridge)
+        self.running[grain_id] = running
+        metrics.grains_running.set(len(self.running))
+        running.watcher = asyncio.create_task(self._watch(running))
+        try:
+            await bridge.connect()
+            await asyncio.wait_for(
+                self._until_listening(bridge), self.settings.start_timeout_seconds
+            )
+        except (TimeoutError, GrainhouseError) as exc:
+            reason = "start timeout" if isinstance(exc, TimeoutError) else "bridge failed"
+            metrics.grain_starts.labels(result="timeout").inc()
+            running.failure = reason
+            await self._kill(running, reason)
+            raise GrainhouseError(
+                Kind.UNAVAILABLE, f"the app did not start ({reason}); retry later"
+            ) from exc
+        metrics.start_seconds.observe(time.monotonic() - t0)
+        metrics.grain_starts.labels(result="ok").inc()
+        moved = {}
+        if row.package_id != package.package_id:
+            moved = {"package_id": package.package_id, "app_version": package.version}
+        await self._set_state(grain_id, "running", "started", **moved)
+        running.ready = True
+        running.touch()
+        return running
+
+    async def _package_for_start(self, row: GrainRow) -> Any:
+        """The app's current version (grains move up at start), else the grain's own."""
+        current = await self.store.current_package(row.app_id)
+        if current is not None and (row.package_id is None or current.version >= row.app_version):
+            return current
+        if row.package_id is not None:
+            own = await self.store.get_package(row.package_id)
+            if own is not None:
+                return own
+        raise GrainhouseError(Kind.CONFLICT, "the grain's app is not installed")
+
+    async def _until_listening(self, bridge: BridgeClient) -> None:
+        while not await bridge.ping():
+            await asyncio.sleep(0.02)
+
+    async def _watch(self, running: Running) -> None:
+        """Wait for the grain's end (or its bridge going away) and record what happened."""
+        grain_id = running.grain_id
+        exit_wait = asyncio.ensure_future(self.launcher.wait(grain_id))
+        waiting: set[asyncio.Future[Any]] = {exit_wait}
+        while running.bridge.disconnected is None and not exit_wait.done():
+            await asyncio.sleep(0.01)
+        if running.bridge.disconnected is not None:
+            waiting.add(running.bridge.disconnected)
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not exit_wait.done():
+            # A bridge whose app exited closes fd 3 and exits itself: give it a moment, so
+            # the grain's real exit status is what gets recorded.
+            await asyncio.wait({exit_wait}, timeout=2)
+        if not exit_wait.done():
+            # The control channel broke while the grain lives: garbage on fd 3 or a dead
+            # bridge. Either way this grain can no longer be managed: kill it.
+            if not running.stopping and not running.failure:
+                log.warning("grain %s: control channel lost; killing it", grain_id)
+            with contextlib.suppress(SandboxError):
+                await self.launcher.kill(grain_id)
+        try:
+            status = await exit_wait
+            reason = status.reason
+            detail = (
+                "killed: memory limit"
+                if status.oom_killed
+                else f"exit status {status.code}"
+                if status.code is not None
+                else f"killed by signal {status.signal}"
+            )
+        except SandboxError:
+            detail, reason = "launcher lost", "launcher-lost"
+        await self._finish(running, detail, reason)
+
+    async def _finish(self, running: Running, detail: str, reason: str) -> None:
+        grain_id = running.grain_id
+        if self.running.get(grain_id) is running:
+            del self.running[grain_id]
+        metrics.grains_running.set(len(self.running))
+        for task in list(running.streams):
+            task.cancel()
+        running.sessions.clear()
+        self.keys.forget_grain(grain_id)
+        running.bridge.close()
+        size = await asyncio.to_thread(du, self.var_dir(grain_id))
+        row = await self.store.get_grain(grain_id)
+        if row is None:
+            return  # deleted meanwhile
+        if running.failure:
+            detail = running.failure
+        if running.stopping and not running.failure:
+            metrics.grain_stops.labels(reason="stopped").inc()
+            state = "trashed" if row.trashed_at is not None else "stopped"
+            await self._set_state(grain_id, state, "stopped", size_bytes=size)
+        else:
+            metrics.grain_stops.labels(reason="crashed").inc()
+            self._crashes.setdefault(grain_id, []).append(time.monotonic())
+            log.warning("grain %s crashed: %s (%s)", grain_id, detail, reason)
+            await self._set_state(
+                grain_id, "crashed", "crashed", size_bytes=size, last_error=detail
+            )
+
+    async def _kill(self, running: Running, why: str) -> None:
+        with contextlib.suppress(SandboxError):
+            await self.launcher.kill(running.grain_id)
+        if running.watcher is not None:
+            await asyncio.shield(running.watcher)
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    async def stop(self, grain_id: str) -> GrainRow:
+        await self.get(grain_id)
+        async with self.lock(grain_id):
+            await self._stop_locked(grain_id)
+        return await self.get(grain_id)
+
+    async def _stop_locked(self, grain_id: str) -> None:
+        running = self.running.get(grain_id)
+        if running is None:
+            row = await self.get(grain_id)
+            if row.state in ("crashed", "starting", "running", "stopping"):
+                await self.store.update_grain(grain_id, state="stopped")
+            return
+        running.stopping = True
+        await self.store.update_grain(grain_id, state="stopping")
+        for task in list(running.streams):
+            task.cancel()
+        grace = self.settings.stop_grace_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(running.bridge.shutdown(grace), grace + 2)
+        try:
+            await asyncio.wait_for(asyncio.shield(running.watcher), 2)  # type: ignore[arg-type]
+        except TimeoutError:
+            await self._kill(running, "stop")
+
+    async def restart(self, grain_id: str) -> GrainRow:
+        row = await self.get(grain_id)
+        if row.trashed_at is not None:
+            raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
+        async with self.lock(grain_id):
+            await self._stop_locked(grain_id)
+            self._crashes.pop(grain_id, None)
+            await self._start(grain_id)
+        return await self.get(grain_id)
+
+    # -- trash and delete ---------------------------------------------------------------------
+
+    async def trash(self, grain_id: str) -> GrainRow:
+        row = await self.get(grain_id)
+        if row.trashed_at is not None:
+            return row
+        async with self.lock(grain_id):
+            t = now()
+            expires = t + dt.timedelta(seconds=self.settings.trash_retention_seconds)
+            await self.store.update_grain(grain_id, trashed_at=t, trash_expires_at=expires)
+            await self._stop_locked(grain_id)
+            await self._set_state(grain_id, "trashed", "trashed")
+        return await self.get(grain_id)
+
+    async def restore(self, grain_id: str) -> GrainRow:
+        row = await self.get(grain_id)
+        if row.trashed_at is None:
+            return row
+        async with self.lock(grain_id):
+            await self._set_state(
+                grain_id, "stopped", "restored", trashed_at=None, trash_expires_at=None
+            )
+        return await self.get(grain_id)
+
+    async def delete(self, grain_id: str, skip_trash: bool) -> None:
+        row = await self.get(grain_id)
+        if row.trashed_at is None and not skip_trash:
+            raise GrainhouseError(Kind.CONFLICT, "move the grain to the trash first")
+        async with self.lock(grain_id):
+            await self._stop_locked(grain_id)
+            await self.store.delete_grain(grain_id)
+            await asyncio.to_thread(shutil.rmtree, self.grain_dir(grain_id), True)
+        self._locks.pop(grain_id, None)
+        self._crashes.pop(grain_id, None)
+        if self.auth is not None:
+            await self.auth.forget(grain_id)
+        await self.bus.publish(
+            "grainhouse.grainmgr.grain.deleted",
+            {
+                "grain_id": grain_id,
+                "owner_account_id": row.owner_id,
+                "state": "deleted",
+                "at": now().isoformat(),
+                "reason": "",
+            },
+        )
+
+    # -- sessions and streams -----------------------------------------------------------------
+
+    async def open_session(self, grain_id: str, params: dict[str, Any]) -> OpenedSession:
+        row = await self.get(grain_id)
+        if row.trashed_at is not None:
+            raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
+        running = await self.ensure_running(grain_id)
+        session_id = new_session_id()
+        params = {**params, "sessionId": session_id}
+        handle = await running.bridge.new_session(params)
+        running.sessions[session_id] = Session(session_id, grain_id, handle)
+        running.touch()
+        await self.store.update_grain(grain_id, last_used_at=now())
+        ticket = self.keys.issue(grain_id, session_id)
+        package = await self.store.get_package(running.package_id)
+        info = view_info(package.manifest) if package else {"permissions": [], "roles": []}
+        return OpenedSession(session_id, ticket, await self.get(grain_id), info)
+
+    def open_stream_key(self, grain_id: str, session_id: str) -> Ticket:
+        running = self.running.get(grain_id)
+        if running is None or not running.ready or session_id not in running.sessions:
+            raise GrainhouseError(Kind.NOT_FOUND, "no such session; open a new one")
+        running.touch()
+        running.sessions[session_id].last_used = time.monotonic()
+        return self.keys.issue(grain_id, session_id)
+
+    async def connect_stream(
+        self, grain_id: str, session_id: str, sock: socket.socket
+    ) -> tuple[Callable[[], None], Callable[[], None]]:
+        """Relay's connector: hand `sock`'s peer to the grain for one stream of a session."""
+        running = self.running.get(grain_id)
+        if running is None or running.stopping or session_id not in running.sessions:
+            raise GrainhouseError(Kind.NOT_FOUND, "the session ended")
+        await running.bridge.open_stream(session_id, secrets.token_bytes(32), sock)
+        task = asyncio.current_task()
+        assert task is not None
+        running.streams.add(task)
+        running.touch()
+        session = running.sessions[session_id]
+        session.open_streams += 1
+
+        def done() -> None:
+            running.streams.discard(task)
+            running.touch()
+            session.open_streams -= 1
+            session.last_used = time.monotonic()
+
+        return running.touch, done
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        """Ping running grains, stop idle ones, purge expired trash."""
+        await asyncio.gather(*(self._check_alive(r) for r in list(self.running.values())))
+        limit = time.monotonic() - self.settings.idle_stop_seconds
+        for running in list(self.running.values()):
+            # A session ends when no stream of it was open for the idle time (the proto's
+            # OpenSessionResponse.idle_timeout_seconds); dropping the handle tells the bridge.
+            for session in list(running.sessions.values()):
+                if not session.open_streams and session.last_used < limit:
+                    del running.sessions[session.session_id]
+        for running in list(self.running.values()):
+            if not running.stopping and not running.streams and running.last_activity < limit:
+                log.info("grain %s idle: stopping", running.grain_id)
+                with contextlib.suppress(GrainhouseError):
+                    await self.stop(running.grain_id)
+        for grain_id in await self.store.expired_trash(now()):
+            log.info("grain %s: trash retention over: deleting", grain_id)
+            with contextlib.suppress(GrainhouseError):
+                await self.delete(grain_id, skip_trash=True)
+
+    async def _check_alive(self, running: Running) -> None:
+        """A bridge that does not answer ping in time counts as crashed (grain.capnp ping)."""
+        now_ = time.monotonic()
+        if not running.ready or running.stopping:
+            return
+        if now_ - running.last_ping < self.settings.ping_interval_seconds:
+            return
+        running.last_ping = now_
+        try:
+            await asyncio.wait_for(running.bridge.ping(), PING_TIMEOUT_SECONDS)
+        except (TimeoutError, GrainhouseError):
+            if running.stopping or self.running.get(running.grain_id) is not running:
+                return
+            log.warning("grain %s: no answer to ping; killing it", running.grain_id)
+            running.failure = "no answer to ping"
+            await self._kill(running, "ping")
+
+    async def recover_after_restart(self) -> None:
+        """Grains recorded as live belong to a previous grainmgr whose sandboxes are gone."""
+        for grain_id in await self.store.grains_in_states(("starting", "running", "stopping")):
+            await self.store.update_grain(grain_id, state="stopped")
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(g) for g in list(self.running)), return_exceptions=True)
+
+
+def du(path: Path) -> int:
+    """Bytes used under `path` (allocated blocks), never following symlinks."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+class Snapshots:
+    """Export and import of grains on top of `Grains` (see snapshots.py for the format)."""
+
+    def __init__(self, grains: Grains, root: Path) -> None:
+        self.grains = grains
+        self.staging = root / "staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.staging.chmod(0o700)
+        for stale in self.staging.iterdir():  # left by a previous grainmgr that died
+            shutil.rmtree(stale, ignore_errors=True)
+
+    async def take(self, grain_id: str) -> tuple[GrainRow, Path, int]:
+        """Stop the grain if it runs, copy its /var privately, start it again."""
+        g = self.grains
+        row = await g.get(grain_id)
+        if grain_id in g.busy:
+            raise GrainhouseError(Kind.CONFLICT, "the grain is busy with another export")
+        g.busy.add(grain_id)
+        try:
+            async with g.lock(grain_id):
+                was_running = grain_id in g.running
+                await g._stop_locked(grain_id)
+                staging = snapshots.make_staging(self.staging, "export-")
+                try:
+                    skipped = await asyncio.to_thread(
+                        snapshots.copy_tree, g.var_dir(grain_id), staging / "var"
+                    )
+                except OSError as exc:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise GrainhouseError(Kind.TOO_LARGE, "no space for the snapshot") from exc
+            if was_running:
+                task = asyncio.create_task(g.ensure_running(grain_id))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        except BaseException:
+            g.busy.discard(grain_id)
+            raise
+        return row, staging, skipped
+
+    def release(self, grain_id: str, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        self.grains.busy.discard(grain_id)
+
+    def new_import_dir(self) -> Path:
+        return snapshots.make_staging(self.staging, "import-")
+
+    async def adopt(
+        self, staging: Path, app_id: str, package: Any, owner: str, title: str
+    ) -> GrainRow:
+        """Turn a fully checked import (staging/var) into a new grain."""
+        g = self.grains
+        grain_id = new_grain_id()
+        row = GrainRow(
+            grain_id=grain_id,
+            app_id=app_id,
+            package_id=package.package_id,
+            app_version=package.version,
+            app_title=package.title,
+            owner_id=owner,
+            title=title[:MAX_TITLE] or f"Untitled {package.title}",
+            state="stopped",
+            size_bytes=await asyncio.to_thread(du, staging / "var"),
+            created_at=now(),
+            last_used_at=None,
+            trashed_at=None,
+            trash_expires_at=None,
+            last_error="",
+        )
+        if g.auth is not None:
+            await g.auth.register(grain_id, owner, app_id, view_info(package.manifest), row.title)
+        g.grain_dir(grain_id).mkdir(mode=0o711)
+        os.rename(staging / "var", g.var_dir(grain_id))
+        try:
+            await g.store.add_grain(row)
+        except BaseException:
+            shutil.rmtree(g.grain_dir(grain_id), ignore_errors=True)
+            raise
+        await g.publish(grain_id, "imported", "stopped")
+        return row

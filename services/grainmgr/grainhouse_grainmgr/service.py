@@ -1,0 +1,473 @@
+"""The GrainManager gRPC servicer: decode, call packages.py / grains.py, encode.
+
+Owns: the translation between grainmgr.proto messages and the core's values (pages, states,
+timestamps, archive parts).
+Trusts: its callers (frontend, backup) as the proto says; nothing else.
+Never: holds lifecycle logic (grains.py does); maps errors itself beyond raising
+GrainhouseError (grainhouse_common.rpc's interceptor maps kinds to gRPC status once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import os
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from grainhouse_common.errors import GrainhouseError, Kind
+from grainhouse_grainmgr import snapshots
+from grainhouse_grainmgr.authlink import view_info_pb
+from grainhouse_grainmgr.grains import Grains, Snapshots
+from grainhouse_grainmgr.packages import Packages, Upload, view_info
+from grainhouse_grainmgr.relay import Relay
+from grainhouse_grainmgr.store import GrainRow, PackageRow
+from grainhouse_proto import common_pb2, grainmgr_pb2_grpc
+from grainhouse_proto import grainmgr_pb2 as pb
+
+STATES = {
+    "stopped": pb.GRAIN_STATE_STOPPED,
+    "starting": pb.GRAIN_STATE_STARTING,
+    "running": pb.GRAIN_STATE_RUNNING,
+    "stopping": pb.GRAIN_STATE_STOPPING,
+    "crashed": pb.GRAIN_STATE_CRASHED,
+    "trashed": pb.GRAIN_STATE_TRASHED,
+}
+SESSION_TYPES = {pb.SESSION_TYPE_NORMAL: "normal", pb.SESSION_TYPE_API: "api"}
+DEFAULT_PAGE, MAX_PAGE = 50, 500
+LOG_POLL_SECONDS = 0.2
+MAX_LOG_CHUNK = 64 * 1024
+MAX_BACKLOG = 1024 * 1024
+
+
+def stamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    t = Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+def page(request: Any) -> tuple[int, int]:
+    size = request.page_size or DEFAULT_PAGE
+    size = min(size, MAX_PAGE)
+    if not request.page_token:
+        return 0, size
+    try:
+        offset = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
+    except (ValueError, UnicodeError) as exc:
+        raise GrainhouseError(Kind.INVALID, "page.page_token is not valid") from exc
+    if offset < 0:
+        raise GrainhouseError(Kind.INVALID, "page.page_token is not valid")
+    return offset, size
+
+
+def next_token(offset: int, size: int, got: int) -> str:
+    if got < size:
+        return ""
+    return base64.urlsafe_b64encode(str(offset + size).encode()).decode()
+
+
+def grain_pb(row: GrainRow) -> pb.Grain:
+    return pb.Grain(
+        grain_id=row.grain_id,
+        app_id=row.app_id,
+        package_id=row.package_id or "",
+        app_version=row.app_version,
+        owner_account_id=row.owner_id,
+        title=row.title,
+        created_at=stamp(row.created_at),
+        last_used_at=stamp(row.last_used_at),
+        size_bytes=row.size_bytes,
+        state=STATES.get(row.state, pb.GRAIN_STATE_STOPPED),
+        trashed_at=stamp(row.trashed_at),
+        trash_expires_at=stamp(row.trash_expires_at),
+        app_title=row.app_title,
+        last_error=row.last_error if row.state == "crashed" else "",
+    )
+
+
+def package_pb(row: PackageRow) -> pb.Package:
+    manifest = row.manifest
+    return pb.Package(
+        package_id=row.package_id,
+        app_id=row.app_id,
+        version=row.version,
+        marketing_version=row.marketing_version,
+        title=row.title,
+        description=manifest.get("description", ""),
+        actions=[
+            pb.Action(
+                index=i,
+                name=a.get("noun", ""),
+                title=f"New {a.get('noun', '')}",
+                description=a.get("description", ""),
+            )
+            for i, a in enumerate(manifest.get("actions", []))
+        ],
+        view_info=view_info_pb(view_info(manifest)),
+        installed_at=stamp(row.installed_at),
+        size_bytes=row.size_bytes,
+        grain_count=row.grain_count,
+        is_current=row.is_current,
+    )
+
+
+def ticket_pb(relay: Relay, ticket: Any) -> pb.StreamTicket:
+    return pb.StreamTicket(
+        relay_address=relay.address,
+        stream_key_secret=ticket.secret,
+        expires_at=stamp(ticket.expires_at),
+    )
+
+
+class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: ignore[misc]
+    def __init__(self, packages: Packages, grains: Grains, snaps: Snapshots, relay: Relay) -> None:
+        self.packages = packages
+        self.grains = grains
+        self.snaps = snaps
+        self.relay = relay
+
+    # -- packages -----------------------------------------------------------------------------
+
+    async def InstallPackage(
+        self, request_iterator: AsyncIterator[pb.InstallPackageRequest], context: Any
+    ) -> pb.InstallPackageResponse:
+        stream = aiter(request_iterator)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration as exc:
+            raise GrainhouseError(Kind.INVALID, "empty upload stream") from exc
+        if first.WhichOneof("part") != "metadata":
+            raise GrainhouseError(Kind.INVALID, "the first message must be metadata")
+        meta = first.metadata
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in stream:
+                if message.WhichOneof("part") != "chunk":
+                    raise GrainhouseError(Kind.INVALID, "metadata may be sent only once")
+                yield message.chunk
+
+        result = await self.packages.install(
+            Upload(meta.size_bytes, meta.sha256, meta.allow_downgrade), chunks()
+        )
+        row = result.row
+        return pb.InstallPackageResponse(
+            app_id=row.app_id,
+            package_id=row.package_id,
+            version=row.version,
+            title=row.title,
+            upgraded=result.upgraded,
+            already_installed=result.already_installed,
+            package=package_pb(row),
+        )
+
+    async def ListPackages(
+        self, request: pb.ListPackagesRequest, context: Any
+    ) -> pb.ListPackagesResponse:
+        offset, size = page(request.page)
+        rows = await self.packages.store.list_packages(
+            request.app_id, request.include_old_versions, offset, size
+        )
+        return pb.ListPackagesResponse(
+            packages=[package_pb(r) for r in rows],
+            page=common_pb2.PageResponse(next_page_token=next_token(offset, size, len(rows))),
+        )
+
+    async def GetPackage(self, request: pb.GetPackageRequest, context: Any) -> pb.Package:
+        return package_pb(await self.packages.get(request.package_id))
+
+    async def UninstallPackage(
+        self, request: pb.UninstallPackageRequest, context: Any
+    ) -> pb.UninstallPackageResponse:
+        orphaned = await self.packages.uninstall(request.package_id, request.force)
+        return pb.UninstallPackageResponse(orphaned_grains=orphaned)
+
+    # -- grains -------------------------------------------------------------------------------
+
+    async def CreateGrain(self, request: pb.CreateGrainRequest, context: Any) -> pb.Grain:
+        which = request.WhichOneof("action")
+        row = await self.grains.create(
+            request.app_id,
+            request.package_id,
+            request.action_index if which == "action_index" else None,
+            request.action_name if which == "action_name" else None,
+            request.title,
+            request.owner_account_id,
+        )
+        return grain_pb(row)
+
+    async def GetGrain(self, request: pb.GetGrainRequest, context: Any) -> pb.Grain:
+        return grain_pb(await self.grains.get(request.grain_id))
+
+    async def ListGrains(
+        self, request: pb.ListGrainsRequest, context: Any
+    ) -> pb.ListGrainsResponse:
+        offset, size = page(request.page)
+        trashed = (
+            "only" if request.only_trashed else "include" if request.include_trashed else "exclude"
+        )
+        rows = await self.grains.store.list_grains(
+            request.owner_account_id, request.app_id, trashed, offset, size
+        )
+        return pb.ListGrainsResponse(
+            grains=[grain_pb(r) for r in rows],
+            page=common_pb2.PageResponse(next_page_token=next_token(offset, size, len(rows))),
+        )
+
+    async def UpdateGrain(self, request: pb.UpdateGrainRequest, context: Any) -> pb.Grain:
+        if not request.HasField("title"):
+            return grain_pb(await self.grains.get(request.grain_id))
+        return grain_pb(await self.grains.update_title(request.grain_id, request.title))
+
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Any
+    ) -> pb.OpenSessionResponse:
+        session_type = SESSION_TYPES.get(request.session_type)
+        if session_type is None:
+            raise GrainhouseError(Kind.INVALID, "session_type is required")
+        ident = request.identity
+        params = {
+            "identity": {
+                "userId": ident.user_id,
+                "displayName": ident.display_name or "Anonymous",
+                "preferredHandle": ident.preferred_handle,
+                "pictureUrl": ident.picture_url,
+                "isAnonymous": ident.is_anonymous,
+            },
+            "permissions": list(request.permissions),
+            "tabId": request.tab_id,
+            "sessionType": session_type,
+            "basePath": request.base_path,
+            "userAgent": request.user_agent,
+            "acceptLanguages": list(request.accept_languages),
+        }
+        opened = await self.grains.open_session(request.grain_id, params)
+        return pb.OpenSessionResponse(
+            session_id=opened.session_id,
+            stream=ticket_pb(self.relay, opened.ticket),
+            view_info=view_info_pb(opened.view_info),
+            grain=grain_pb(opened.row),
+            idle_timeout_seconds=int(self.grains.settings.idle_stop_seconds),
+        )
+
+    async def OpenStream(self, request: pb.OpenStreamRequest, context: Any) -> pb.StreamTicket:
+        ticket = self.grains.open_stream_key(request.grain_id, request.session_id)
+        return ticket_pb(self.relay, ticket)
+
+    async def StopGrain(self, request: pb.StopGrainRequest, context: Any) -> pb.Grain:
+        return grain_pb(await self.grains.stop(request.grain_id))
+
+    async def RestartGrain(self, request: pb.RestartGrainRequest, context: Any) -> pb.Grain:
+        return grain_pb(await self.grains.restart(request.grain_id))
+
+    async def TrashGrain(self, request: pb.TrashGrainRequest, context: Any) -> pb.Grain:
+        return grain_pb(await self.grains.trash(request.grain_id))
+
+    async def RestoreGrain(self, request: pb.RestoreGrainRequest, context: Any) -> pb.Grain:
+        return grain_pb(await self.grains.restore(request.grain_id))
+
+    async def DeleteGrain(
+        self, request: pb.DeleteGrainRequest, context: Any
+    ) -> pb.DeleteGrainResponse:
+        await self.grains.delete(request.grain_id, request.skip_trash)
+        return pb.DeleteGrainResponse()
+
+    async def GetViewInfo(
+        self, request: pb.GetViewInfoRequest, context: Any
+    ) -> common_pb2.ViewInfo:
+        row = await self.grains.get(request.grain_id)
+        if not row.package_id:
+            return common_pb2.ViewInfo()
+        package = await self.packages.get(row.package_id)
+        return view_info_pb(view_info(package.manifest))
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    async def StreamLogs(
+        self, request: pb.StreamLogsRequest, context: Any
+    ) -> AsyncIterator[pb.LogChunk]:
+        await self.grains.get(request.grain_id)
+        path = self.grains.log_path(request.grain_id)
+        position = 0
+        inode = None
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(path)
+            inode = st.st_ino
+            backlog = min(request.backlog_bytes, MAX_BACKLOG, st.st_size)
+            position = st.st_size - backlog
+            if backlog:
+                for chunk in await asyncio.to_thread(read_range, path, position, st.st_size):
+                    yield pb.LogChunk(data=chunk, at=stamp(dt.datetime.now(dt.UTC)))
+                position = st.st_size
+        while request.follow:
+            await asyncio.sleep(LOG_POLL_SECONDS)
+            if await self.grains.store.get_grain(request.grain_id) is None:
+                return  # deleted
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_ino != inode or st.st_size < position:  # rotated: start the new file
+                inode, position = st.st_ino, 0
+            if st.st_size > position:
+                end = min(st.st_size, position + MAX_BACKLOG)
+                for chunk in await asyncio.to_thread(read_range, path, position, end):
+                    yield pb.LogChunk(data=chunk, at=stamp(dt.datetime.now(dt.UTC)))
+                position = end
+
+    # -- export and import --------------------------------------------------------------------
+
+    async def ExportGrain(
+        self, request: pb.ExportGrainRequest, context: Any
+    ) -> AsyncIterator[pb.GrainArchivePart]:
+        row, staging, skipped = await self.snaps.take(request.grain_id)
+        try:
+            package = await self.grains.store.get_package(row.package_id or "")
+            yield pb.GrainArchivePart(
+                header=pb.GrainArchiveHeader(
+                    format_version=snapshots.FORMAT_VERSION,
+                    grain=grain_pb(row),
+                    app_id=row.app_id,
+                    app_version=row.app_version,
+                    app_marketing_version=package.marketing_version if package else "",
+                    snapshot_at=stamp(dt.datetime.now(dt.UTC)),
+                )
+            )
+            async for kind, value in snapshots.stream_snapshot(staging / "var"):
+                if kind == "file":
+                    yield pb.GrainArchivePart(
+                        file=pb.FileEntry(
+                            path=value.path,
+                            type=value.type,
+                            mode=value.mode,
+                            modified_at=stamp(snapshots.ts(value.mtime)),
+                            size_bytes=value.size,
+                            symlink_target=value.target,
+                        )
+                    )
+                elif kind == "data":
+                    yield pb.GrainArchivePart(data=value)
+                else:
+                    value["skipped_files"] += skipped
+                    yield pb.GrainArchivePart(trailer=pb.GrainArchiveTrailer(**value))
+        finally:
+            self.snaps.release(request.grain_id, staging)
+
+    async def ImportGrain(
+        self, request_iterator: AsyncIterator[pb.ImportGrainRequest], context: Any
+    ) -> pb.Grain:
+        stream = aiter(request_iterator)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration as exc:
+            raise GrainhouseError(Kind.INVALID, "empty import stream") from exc
+        if first.WhichOneof("part") != "options":
+            raise GrainhouseError(Kind.INVALID, "the first message must be options")
+        options = first.options
+        if not options.owner_account_id:
+            raise GrainhouseError(Kind.INVALID, "options.owner_account_id is required")
+        staging = self.snaps.new_import_dir()
+        try:
+            return await self._import(stream, options, staging)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    async def _import(self, stream: AsyncIterator[Any], options: Any, staging: Any) -> pb.Grain:
+        async def parts() -> AsyncIterator[Any]:
+            async for message in stream:
+                if message.WhichOneof("part") != "archive":
+                    raise GrainhouseError(Kind.INVALID, "options may be sent only once")
+                yield message.archive
+
+        it = aiter(parts())
+        try:
+            head = await anext(it)
+        except StopAsyncIteration as exc:
+            raise GrainhouseError(Kind.INVALID, "archive refused: no header") from exc
+        if head.WhichOneof("part") != "header":
+            raise GrainhouseError(Kind.INVALID, "archive refused: the header must come first")
+        header = head.header
+        if header.format_version > snapshots.FORMAT_VERSION or header.format_version < 1:
+            raise GrainhouseError(Kind.CONFLICT, "archive format is newer than this server")
+        package = await self._import_package(options.package_id, header)
+        writer = snapshots.ImportWriter(staging / "var", self.grains.settings.var_quota_bytes)
+        writer.root.mkdir(mode=0o700)
+        trailer = None
+        try:
+            async for part in it:
+                which = part.WhichOneof("part")
+                if trailer is not None:
+                    raise snapshots.invalid("parts after the trailer")
+                if which == "file":
+                    f = part.file
+                    entry = snapshots.Entry(
+                        f.path,
+                        f.type,
+                        f.mode,
+                        f.modified_at.ToDatetime(dt.UTC).timestamp(),
+                        f.size_bytes,
+                        f.symlink_target,
+                    )
+                    await asyncio.to_thread(writer.file, entry)
+                elif which == "data":
+                    await asyncio.to_thread(writer.data, part.data)
+                elif which == "trailer":
+                    t = part.trailer
+                    trailer = {
+                        "file_count": t.file_count,
+                        "total_bytes": t.total_bytes,
+                        "data_sha256": t.data_sha256,
+                    }
+                    await asyncio.to_thread(writer.finish, trailer)
+                else:
+                    raise snapshots.invalid("a second header or an empty part")
+        finally:
+            writer.abort()
+        if trailer is None:
+            raise snapshots.invalid("no trailer: the archive is truncated")
+        title = options.title or header.grain.title
+        row = await self.snaps.adopt(
+            staging, header.app_id, package, options.owner_account_id, title
+        )
+        return grain_pb(row)
+
+    async def _import_package(self, package_id: str, header: Any) -> PackageRow:
+        store = self.grains.store
+        if package_id:
+            package = await store.get_package(package_id)
+            if package is None:
+                raise GrainhouseError(Kind.CONFLICT, "app not installed")
+        else:
+            package = await store.current_package(header.app_id)
+            if package is None:
+                raise GrainhouseError(Kind.CONFLICT, "app not installed")
+        if package.app_id != header.app_id:
+            raise GrainhouseError(Kind.CONFLICT, "the package is of another app")
+        if package.version < header.app_version:
+            raise GrainhouseError(Kind.CONFLICT, "app too old for this archive")
+        return package
+
+
+def read_range(path: Any, start: int, end: int) -> list[bytes]:
+    out = []
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(MAX_LOG_CHUNK, left))
+            if not chunk:
+                break
+            out.append(chunk)
+            left -= len(chunk)
+    return out
+
+
+def register(server: grpc.aio.Server, service: GrainManagerService) -> None:
+    grainmgr_pb2_grpc.add_GrainManagerServicer_to_server(service, server)

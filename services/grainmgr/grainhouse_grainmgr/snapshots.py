@@ -1,0 +1,258 @@
+"""Grain archives: consistent snapshots of a grain's /var out (export) and validated ones in.
+
+Owns: `<data_dir>/grainmgr/staging/` (snapshots being streamed, imports being checked) and the
+archive stream order (grainmgr.proto GrainArchivePart: header, files with data, trailer).
+Trusts: grains.py to stop the grain while its /var is copied; nothing in an uploaded archive
+(every path, type, size, total and the checksum are checked again here).
+Never: streams a live /var (only a private copy taken while no grain process ran); writes an
+import anywhere but its staging directory until all of it was valid; follows a symlink while
+writing; leaves a staging directory behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grainhouse_common.errors import GrainhouseError, Kind
+
+FORMAT_VERSION = 1
+MAX_DATA_PART = 1024 * 1024
+MAX_PATH_BYTES = 4096
+MAX_ENTRIES = 1_000_000
+REGULAR, DIRECTORY, SYMLINK = 1, 2, 3
+
+
+@dataclass
+class Entry:
+    path: str
+    type: int
+    mode: int
+    mtime: float
+    size: int = 0
+    target: str = ""
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def copy_tree(src: Path, dst: Path) -> int:
+    """Private copy of a stopped grain's /var (regular files, directories, symlinks only).
+
+    Returns the number of entries left out (sockets, fifos, devices).
+    """
+    skipped = 0
+    dst.mkdir(mode=0o700)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        out_dir = dst if rel == "." else dst / rel
+        for name in sorted(dirnames + filenames):
+            source = os.path.join(dirpath, name)
+            target = out_dir / name
+            st = os.lstat(source)
+            if stat.S_ISDIR(st.st_mode):
+                target.mkdir(mode=0o700)
+                os.chmod(target, stat.S_IMODE(st.st_mode) | 0o700)
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(source), target)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(source, target, follow_symlinks=False)
+                os.chmod(target, stat.S_IMODE(st.st_mode))
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+            else:
+                skipped += 1
+        # os.walk follows no symlinked directories; prune names that are links
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+    return skipped
+
+
+def walk_snapshot(root: Path) -> Iterator[Entry | int]:
+    """Entries in stream order (a directory before its contents); ints count skipped files."""
+
+    def visit(directory: Path, prefix: str) -> Iterator[Entry | int]:
+        with os.scandir(directory) as it:
+            items = sorted(it, key=lambda e: e.name)
+        for item in items:
+            try:
+                name = os.fsdecode(item.name)
+                name.encode("utf-8")
+            except UnicodeError:
+                yield 1
+                continue
+            rel = f"{prefix}{name}"
+            st = item.stat(follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISDIR(st.st_mode):
+                yield Entry(rel, DIRECTORY, mode, st.st_mtime)
+                yield from visit(Path(item.path), rel + "/")
+            elif stat.S_ISLNK(st.st_mode):
+                yield Entry(rel, SYMLINK, mode, st.st_mtime, target=os.readlink(item.path))
+            elif stat.S_ISREG(st.st_mode):
+                yield Entry(rel, REGULAR, mode, st.st_mtime, size=st.st_size)
+            else:
+                yield 1
+
+    yield from visit(root, "")
+
+
+def ts(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+async def stream_snapshot(root: Path) -> AsyncIterator[tuple[str, Any]]:
+    """("file", Entry) / ("data", bytes) / ("trailer", dict) in archive order."""
+    entries = await asyncio.to_thread(lambda: list(walk_snapshot(root)))
+    digest = hashlib.sha256()
+    count = total = skipped = 0
+    for entry in entries:
+        if isinstance(entry, int):
+            skipped += entry
+            continue
+        count += 1
+        yield "file", entry
+        if entry.type != REGULAR:
+            continue
+        with open(root / entry.path, "rb") as f:
+            left = entry.size
+            while left > 0:
+                chunk = await asyncio.to_thread(f.read, min(MAX_DATA_PART, left))
+                if not chunk:
+                    raise GrainhouseError(Kind.INTERNAL, "the snapshot changed while read")
+                left -= len(chunk)
+                total += len(chunk)
+                digest.update(chunk)
+                yield "data", chunk
+    yield (
+        "trailer",
+        {
+            "file_count": count,
+            "total_bytes": total,
+            "data_sha256": digest.hexdigest(),
+            "skipped_files": skipped,
+        },
+    )
+
+
+def make_staging(root: Path, prefix: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+# -- import ------------------------------------------------------------------------------------
+
+
+def invalid(message: str) -> GrainhouseError:
+    return GrainhouseError(Kind.INVALID, f"archive refused: {message}")
+
+
+def check_path(path: str) -> None:
+    if not path or "\0" in path or len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        raise invalid(f"bad path {path[:100]!r}")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise invalid(f"path {path[:100]!r} is not a clean relative path")
+
+
+@dataclass
+class ImportWriter:
+    """Applies archive parts to a staging directory, checking every rule as it goes."""
+
+    root: Path
+    quota_bytes: int
+    dirs: set[str] = field(default_factory=lambda: {""})
+    seen: set[str] = field(default_factory=set)
+    digest: Any = field(default_factory=hashlib.sha256)
+    count: int = 0
+    total: int = 0
+    _file: Any = None
+    _left: int = 0
+    _pending_mtime: list[tuple[Path, float]] = field(default_factory=list)
+
+    def file(self, entry: Entry) -> None:
+        self._end_file()
+        self.count += 1
+        if self.count > MAX_ENTRIES:
+            raise GrainhouseError(Kind.TOO_LARGE, "archive has too many entries")
+        check_path(entry.path)
+        if entry.path in self.seen:
+            raise invalid(f"duplicate path {entry.path[:100]!r}")
+        self.seen.add(entry.path)
+        parent = posixpath.dirname(entry.path)
+        if parent not in self.dirs:
+            raise invalid(f"{entry.path[:100]!r} comes before its directory")
+        target = self.root / entry.path
+        mode = entry.mode & 0o1777  # setuid/setgid cleared
+        if entry.type == DIRECTORY:
+            if entry.size:
+                raise invalid("a directory has no data")
+            target.mkdir(mode=0o700)
+            os.chmod(target, mode | 0o700)
+            self.dirs.add(entry.path)
+        elif entry.type == SYMLINK:
+            t = entry.target
+            if not t or "\0" in t or t.startswith("/") or len(t) > MAX_PATH_BYTES:
+                raise invalid(f"symlink {entry.path[:100]!r} has a bad target")
+            resolved = posixpath.normpath(posixpath.join(parent, t))
+            if resolved == ".." or resolved.startswith("../"):
+                raise invalid(f"symlink {entry.path[:100]!r} points out of /var")
+            os.symlink(t, target)
+        elif entry.type == REGULAR:
+            if entry.size < 0:
+                raise invalid("negative size")
+            if self.total + entry.size > self.quota_bytes:
+                raise GrainhouseError(Kind.TOO_LARGE, "archive is larger than the grain quota")
+            fd = os.open(
+                target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            self._file = os.fdopen(fd, "wb")
+            self._left = entry.size
+            self._pending_mtime.append((target, entry.mtime))
+            os.chmod(target, mode)
+        else:
+            raise invalid(f"{entry.path[:100]!r} has an unknown type")
+
+    def data(self, chunk: bytes) -> None:
+        if self._file is None:
+            raise invalid("data outside a regular file")
+        if not chunk or len(chunk) > MAX_DATA_PART:
+            raise invalid("a data part must be 1 byte to 1 MiB")
+        if len(chunk) > self._left:
+            raise invalid("more data than the file's size_bytes")
+        self._left -= len(chunk)
+        self.total += len(chunk)
+        self.digest.update(chunk)
+        self._file.write(chunk)
+
+    def _end_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            if self._left:
+                raise invalid("a file has less data than its size_bytes")
+
+    def finish(self, trailer: dict[str, Any]) -> None:
+        self._end_file()
+        if trailer["file_count"] != self.count or trailer["total_bytes"] != self.total:
+            raise invalid("the trailer's totals do not match the archive (truncated?)")
+        if trailer["data_sha256"] != self.digest.hexdigest():
+            raise invalid("the data checksum does not match")
+        for path, mtime in self._pending_mtime:
+            with contextlib.suppress(OSError):
+                os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None

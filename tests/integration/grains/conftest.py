@@ -1,0 +1,289 @@
+"""One real platform (`grainhouse up`) for the grains tests, plus clients for gRPC and the relay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import pytest
+
+from grainhouse_package import generate_key, pack_directory
+from grainhouse_proto import common_pb2, grainmgr_pb2_grpc
+from grainhouse_proto import grainmgr_pb2 as pb
+
+GRAINHOUSE = str(Path(sys.executable).parent / "grainhouse")
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE.parents[2] / "examples"
+IDLE_SECONDS = 5
+CHUNK = 1024 * 1024
+
+
+def make_data_root() -> Path:
+    # PostgreSQL runs as `postgres` when we are root: it must be able to enter the directory.
+    root = Path(tempfile.mkdtemp(prefix="gh-grains-", dir="/tmp"))
+    root.chmod(0o711)
+    return root
+
+
+class Stack:
+    def __init__(self, root: Path, settings: dict[str, str] | None = None) -> None:
+        self.settings = settings or {}
+        self.root = root
+        self.data_dir = root / "var"
+        self.output = root / "up.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAINHOUSE_")}
+        env.update(
+            {
+                # The auth service's grain registration is tested with auth; owners here are
+                # made-up ids.
+                "GRAINHOUSE_GRAINMGR_REGISTER_WITH_AUTH": "false",
+                "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": str(IDLE_SECONDS),
+                "GRAINHOUSE_GRAINMGR_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
+                "GRAINHOUSE_GRAINMGR_STOP_GRACE_SECONDS": "3",
+                "GRAINHOUSE_GRAINMGR_GRAIN_VAR_QUOTA_BYTES": str(2 * 1024**3),
+                **self.settings,
+            }
+        )
+        self.proc = subprocess.Popen(
+            [GRAINHOUSE, "up", "--data-dir", str(self.data_dir), "--http-port", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._out,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while "Grainhouse is ready at" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"grainhouse up did not come up:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def status(self) -> dict[str, Any]:
+        proc = subprocess.run(
+            [GRAINHOUSE, "status", "--data-dir", str(self.data_dir), "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        return json.loads(proc.stdout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._out is not None:
+            self._out.close()
+
+
+@dataclass
+class Platform:
+    stack: Stack
+    stub: grainmgr_pb2_grpc.GrainManagerStub
+    grainmgr_pid: int
+    metrics_url: str
+    probe: pb.InstallPackageResponse
+    static: pb.InstallPackageResponse
+    packages: Path
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    root = make_data_root()
+    stack = Stack(root)
+    channel = None
+    try:
+        stack.start()
+        services = stack.status()["services"]
+        grainmgr = services["grainmgr"]
+        channel = grpc.insecure_channel(grainmgr["grpc"])
+        stub = grainmgr_pb2_grpc.GrainManagerStub(channel)
+        wait_serving(stub)
+        out = tmp_path_factory.mktemp("packages")
+        key = generate_key()
+        pack_directory(HERE / "testapp", out / "probe.pkg", key, level=0)
+        pack_directory(EXAMPLES / "static-site", out / "static.pkg", generate_key(), level=0)
+        probe = install(stub, out / "probe.pkg")
+        static = install(stub, out / "static.pkg")
+        yield Platform(
+            stack, stub, grainmgr["pid"], grainmgr.get("metrics", ""), probe, static, out
+        )
+    finally:
+        if channel is not None:
+            channel.close()
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_serving(stub: grainmgr_pb2_grpc.GrainManagerStub, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stub.ListPackages(pb.ListPackagesRequest(), timeout=5)
+            return
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def upload_requests(data: bytes, **meta: Any) -> Iterator[pb.InstallPackageRequest]:
+    yield pb.InstallPackageRequest(
+        metadata=pb.InstallPackageMetadata(
+            size_bytes=meta.pop("size_bytes", len(data)),
+            sha256=meta.pop("sha256", hashlib.sha256(data).hexdigest()),
+            **meta,
+        )
+    )
+    for i in range(0, len(data), CHUNK):
+        yield pb.InstallPackageRequest(chunk=data[i : i + CHUNK])
+
+
+def install(stub: grainmgr_pb2_grpc.GrainManagerStub, path: Path, **meta: Any) -> Any:
+    return stub.InstallPackage(upload_requests(path.read_bytes(), **meta), timeout=120)
+
+
+def identity(user: str = "a" * 32, name: str = "Alice%20A") -> common_pb2.AppIdentity:
+    return common_pb2.AppIdentity(user_id=user, display_name=name, preferred_handle="alice")
+
+
+def open_session(
+    stub: grainmgr_pb2_grpc.GrainManagerStub, grain_id: str, **kw: Any
+) -> pb.OpenSessionResponse:
+    return stub.OpenSession(
+        pb.OpenSessionRequest(
+            grain_id=grain_id,
+            identity=kw.pop("identity", identity()),
+            permissions=kw.pop("permissions", ["view", "edit"]),
+            session_type=kw.pop("session_type", pb.SESSION_TYPE_NORMAL),
+            tab_id=kw.pop("tab_id", "tab-1"),
+            base_path=kw.pop("base_path", "http://ui-test.localhost"),
+            **kw,
+        ),
+        timeout=60,
+    )
+
+
+def relay_connect(ticket: pb.StreamTicket, timeout: float = 30) -> socket.socket:
+    host, port = ticket.relay_address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    try:
+        sock.sendall(f"GRAINHOUSE-RELAY/1 {ticket.stream_key_secret}\r\n".encode())
+        answer = b""
+        while not answer.endswith(b"\r\n"):
+            got = sock.recv(1)
+            if not got:
+                raise ConnectionError(f"relay closed after {answer!r}")
+            answer += got
+        assert answer == b"OK\r\n"
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def request_bytes(
+    method: str,
+    path: str,
+    session: pb.OpenSessionResponse,
+    body_len: int = 0,
+    extra: str = "",
+    permissions: str = "view,edit",
+) -> bytes:
+    """What the frontend writes: identity headers from the session, the session's Host."""
+    ident = "".join(
+        f"{k}: {v}\r\n"
+        for k, v in {
+            "X-Sandstorm-User-Id": "a" * 32,
+            "X-Sandstorm-Username": "Alice%20A",
+            "X-Sandstorm-Permissions": permissions,
+            "X-Sandstorm-Session-Id": session.session_id,
+            "X-Sandstorm-Session-Type": "normal",
+            "X-Sandstorm-Base-Path": "http://ui-test.localhost",
+        }.items()
+    )
+    length = f"Content-Length: {body_len}\r\n" if method in ("POST", "PUT") else ""
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: ui-test.localhost\r\n{ident}{length}{extra}\r\n"
+    ).encode()
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_head(f: Any) -> tuple[int, dict[str, str]]:
+    status_line = f.readline()
+    if not status_line:
+        raise ConnectionError("no response")
+    status = int(status_line.split()[1])
+    headers = {}
+    while True:
+        line = f.readline().decode("latin-1").strip()
+        if not line:
+            break
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
+def http(sock: socket.socket, raw: bytes) -> Response:
+    """One request on an open relay stream (keep-alive: the stream stays usable)."""
+    sock.sendall(raw)
+    with sock.makefile("rb") as f:
+        status, headers = read_head(f)
+        body = f.read(int(headers.get("content-length", "0")))
+    return Response(status, headers, body)
+
+
+def get(platform: Platform, grain_id: str, path: str) -> Response:
+    session = open_session(platform.stub, grain_id)
+    with relay_connect(session.stream) as sock:
+        return http(sock, request_bytes("GET", path, session))
+
+
+def create(platform: Platform, package: Any, owner: str = "owner-1", **kw: Any) -> pb.Grain:
+    return platform.stub.CreateGrain(
+        pb.CreateGrainRequest(app_id=package.app_id, owner_account_id=owner, **kw), timeout=30
+    )
+
+
+def wait_state(platform: Platform, grain_id: str, state: int, timeout: float = 60) -> pb.Grain:
+    deadline = time.monotonic() + timeout
+    while True:
+        grain = platform.stub.GetGrain(pb.GetGrainRequest(grain_id=grain_id), timeout=10)
+        if grain.state == state:
+            return grain
+        if time.monotonic() > deadline:
+            raise AssertionError(f"grain stayed {pb.GrainState.Name(grain.state)}")
+        time.sleep(0.1)

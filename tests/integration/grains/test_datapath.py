@@ -1,0 +1,135 @@
+"""The data path: WebSockets both ways, 1 GiB both ways with flat memory, a flooding grain."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Platform, create, get, open_session, read_head, relay_connect, request_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("grains-stack")]
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def bridge_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"grainhouse_grainmgr/bridge.py" in cmd:
+                pids.append(int(entry))
+    return pids
+
+
+def ws_send(sock: socket.socket, payload: bytes) -> None:
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81]) + (
+        bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    )
+    sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def ws_recv(f: object) -> bytes:
+    head = f.read(2)  # type: ignore[attr-defined]
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", f.read(2))[0]  # type: ignore[attr-defined]
+    return f.read(n)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_websocket_messages_both_ways(platform: Platform) -> None:
+    grain = create(platform, platform.probe)
+    session = open_session(platform.stub, grain.grain_id)
+    key = base64.b64encode(os.urandom(16)).decode()
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    with relay_connect(session.stream) as sock:
+        sock.sendall(request_bytes("GET", "/ws", session, extra=upgrade))
+        f = sock.makefile("rb")
+        status, headers = read_head(f)
+        assert status == 101
+        assert headers["upgrade"].lower() == "websocket"
+        assert ws_recv(f) == b"hello"  # server -> client unprompted
+        for i in range(20):
+            ws_send(sock, f"message {i}".encode())
+            assert ws_recv(f) == f"echo:message {i}".encode()
+        f.close()
+
+
+def test_one_gib_each_way_with_flat_memory(platform: Platform) -> None:
+    grain = create(platform, platform.probe)
+    get(platform, grain.grain_id, "/whoami")  # start it
+    watched = [platform.grainmgr_pid, *bridge_pids()]
+    before = {pid: rss(pid) for pid in watched}
+    session = open_session(platform.stub, grain.grain_id)
+    block = bytes(range(256)) * (MIB // 256)
+    with relay_connect(session.stream, timeout=120) as sock:
+        # upload: the app hashes what arrives
+        sock.sendall(request_bytes("POST", "/upload", session, body_len=GIB))
+        digest = hashlib.sha256()
+        for _ in range(GIB // MIB):
+            sock.sendall(block)
+            digest.update(block)
+        f = sock.makefile("rb")
+        status, headers = read_head(f)
+        import json
+
+        answer = json.loads(f.read(int(headers["content-length"])))
+        assert status == 200
+        assert answer == {"bytes": GIB, "sha256": digest.hexdigest()}
+        # download on the same stream
+        sock.sendall(request_bytes("GET", f"/download?n={GIB}", session))
+        status, headers = read_head(f)
+        assert status == 200 and int(headers["content-length"]) == GIB
+        got = 0
+        while got < GIB:
+            chunk = f.read1(MIB)
+            assert chunk
+            got += len(chunk)
+        assert got == GIB
+        f.close()
+    grown = {pid: rss(pid) - before[pid] for pid in watched if Path(f"/proc/{pid}").exists()}
+    assert all(g < 64 * MIB for g in grown.values()), grown
+
+
+def test_flooding_grain_hurts_neither_grainmgr_nor_other_grains(platform: Platform) -> None:
+    flooder = create(platform, platform.probe)
+    victim = create(platform, platform.probe)
+    get(platform, victim.grain_id, "/whoami")
+    session = open_session(platform.stub, flooder.grain_id)
+    before = rss(platform.grainmgr_pid)
+    with relay_connect(session.stream) as sock:
+        sock.sendall(request_bytes("GET", "/flood", session))
+        got = 0
+        while got < 64 * MIB:
+            chunk = sock.recv(MIB)
+            assert chunk
+            got += len(chunk)
+        # Now stop reading while the flooder keeps writing: backpressure, not buffering.
+        for _ in range(5):
+            assert get(platform, victim.grain_id, "/whoami").status == 200
+            time.sleep(0.2)
+        assert rss(platform.grainmgr_pid) - before < 64 * MIB
+    assert get(platform, victim.grain_id, "/whoami").status == 200
