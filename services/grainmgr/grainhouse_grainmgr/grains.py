@@ -94,6 +94,7 @@ class Running:
     ready: bool = False  # the app listens; until then only the starter holds this grain
     last_ping: float = field(default_factory=time.monotonic)
     failure: str = ""  # set when grainmgr kills a grain that failed to start
+    quota_reported: int = 0  # launcher quota events already reported
     watcher: asyncio.Task[None] | None = None
 
     def touch(self) -> None:
@@ -577,8 +578,10 @@ class Grains:
     # -- housekeeping -------------------------------------------------------------------------
 
     async def housekeeping(self) -> None:
-        """Ping running grains, stop idle ones, purge expired trash."""
+        """Ping running grains, report quota overruns, stop idle ones, purge expired trash."""
         await asyncio.gather(*(self._check_alive(r) for r in list(self.running.values())))
+        for running in list(self.running.values()):
+            await self._report_quota(running)
         limit = time.monotonic() - self.settings.idle_stop_seconds
         for running in list(self.running.values()):
             # A session ends when no stream of it was open for the idle time (the proto's
@@ -595,6 +598,28 @@ class Grains:
             log.info("grain %s: trash retention over: deleting", grain_id)
             with contextlib.suppress(GrainhouseError):
                 await self.delete(grain_id, skip_trash=True)
+
+    async def _report_quota(self, running: Running) -> None:
+        """The launcher turned a grain's /var read-only (over quota): say so, once per event."""
+        events = self.launcher.quota_events(running.grain_id)
+        for usage in events[running.quota_reported :]:
+            if usage.exceeded:
+                metrics.grain_quota_exceeded.inc()
+                log.warning(
+                    "grain %s is over its disk quota: /var is read-only until it shrinks",
+                    running.grain_id,
+                    extra={"used_bytes": usage.used_bytes, "limit_bytes": usage.limit_bytes},
+                )
+                await self.bus.publish(
+                    "grainhouse.grainmgr.grain.over_quota",
+                    {
+                        "grain_id": running.grain_id,
+                        "used_bytes": usage.used_bytes,
+                        "limit_bytes": usage.limit_bytes,
+                        "at": now().isoformat(),
+                    },
+                )
+        running.quota_reported = len(events)
 
     async def _check_alive(self, running: Running) -> None:
         """A bridge that does not answer ping in time counts as crashed (grain.capnp ping)."""

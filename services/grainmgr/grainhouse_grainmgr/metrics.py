@@ -26,3 +26,7 @@ relay_bytes = Counter(
 relay_refused = Counter(
     "grainhouse_grainmgr_relay_refused_total", "Relay connections refused, by reason.", ["reason"]
 )
+grain_quota_exceeded = Counter(
+    "grainhouse_grainmgr_grain_quota_exceeded_total",
+    "Times a grain went over its /var quota (its /var turned read-only).",
+)

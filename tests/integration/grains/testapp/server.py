@@ -11,6 +11,7 @@ in /var), GET /read?name=, GET /crash (exits 3), GET /flood (endless body), GET 
 """
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -68,6 +69,14 @@ class Handler(BaseHTTPRequestHandler):
             with open(os.path.join("/var", os.path.basename(q["name"])), "w") as f:
                 f.write(q.get("data", ""))
             self.reply({"ok": True})
+        elif url.path == "/fill":
+            # n bytes into /var/<name>; the errno name if the write is refused (quota).
+            try:
+                with open(os.path.join("/var", os.path.basename(q["name"])), "wb") as f:
+                    f.write(b"q" * int(q["n"]))
+                self.reply({"ok": True})
+            except OSError as exc:
+                self.reply({"ok": False, "errno": errno.errorcode.get(exc.errno, "?")}, 507)
         elif url.path == "/read":
             try:
                 with open(os.path.join("/var", os.path.basename(q["name"]))) as f:
