@@ -30,7 +30,10 @@ def admin_token(stack: Stack) -> str:
     stack.wait_all_healthy()
     out = subprocess.run(
         [GRAINHOUSE, "admin", "api-token", "--data-dir", str(stack.data_dir), "--json"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return str(json.loads(out.stdout)["token"])
 
