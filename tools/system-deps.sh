@@ -10,6 +10,9 @@ command -v bwrap >/dev/null || need+=(bubblewrap)
 ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || need+=(libseccomp2)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v apparmor_parser >/dev/null || need+=(apparmor)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v zip >/dev/null || need+=(zip)
+command -v unzip >/dev/null || need+=(unzip)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing Debian packages: ${need[*]} (install them as root: apt-get install ${need[*]})" >&2

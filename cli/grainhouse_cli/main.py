@@ -19,7 +19,10 @@ from typing import Annotated
 
 import typer
 
-from grainhouse_cli import admin, setup_link
+from grainhouse_cli import admin, commands_apps, commands_login, setup_link
+from grainhouse_cli.app_commands import app_cmd
+from grainhouse_cli.commands_grains import grain_app
+from grainhouse_cli.commands_tokens import token_app
 from grainhouse_cli.datadir import DataDir, DataDirError
 from grainhouse_cli.supervisor import Supervisor, status
 
@@ -35,12 +38,12 @@ admin_app = typer.Typer(
 )
 app.add_typer(admin_app, name="admin")
 
-try:  # the author tools live in their own module; see docs/package-format.md
-    from grainhouse_cli.app_commands import app_cmd
-
-    app.add_typer(app_cmd, name="app", help="App author tools: keygen, pack, verify, install.")
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
+# Author tools (keygen, pack, verify, stack) and, over the REST API, install|ls|rm.
+commands_apps.register(app_cmd)
+app.add_typer(app_cmd, name="app", help="Apps: author tools, and install / ls / rm over the API.")
+app.add_typer(grain_app, name="grain")
+app.add_typer(token_app, name="token")
+commands_login.register(app)  # grainhouse login
 
 DataDirOpt = Annotated[
     Path,

@@ -9,9 +9,13 @@ from collections.abc import Iterator
 import uvicorn
 
 from grainhouse_common import metrics, rpc, runtime, settings
-from grainhouse_frontend import api, identity
+from grainhouse_frontend import api, identity, kvstore, revocations
 from grainhouse_frontend import app as appmod
+from grainhouse_frontend.grain_proxy import GrainProxy
+from grainhouse_frontend.origins import Origins
+from grainhouse_frontend.pages import Ui, UiDeps
 from grainhouse_frontend.settings import FrontendSettings
+from grainhouse_frontend.web_session import CookieNames, Sessions
 from grainhouse_proto import auth_pb2_grpc, grainmgr_pb2_grpc
 
 
@@ -43,26 +47,40 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
 
     auth_channel = rpc.channel(common.auth_addr)
     grainmgr_channel = rpc.channel(common.grainmgr_addr)
-    ident = identity.Identity(auth_pb2_grpc.AuthStub(auth_channel))
-    deps = api.Deps(
-        ident,
-        grainmgr_pb2_grpc.GrainManagerStub(grainmgr_channel),
-        {**peers, "backup": common.backup_addr},
+    auth = auth_pb2_grpc.AuthStub(auth_channel)
+    grainmgr = grainmgr_pb2_grpc.GrainManagerStub(grainmgr_channel)
+    ident = identity.Identity(auth)
+    public_url = common.public_url.rstrip("/")
+    origins = Origins(common.wildcard_host)
+    store = kvstore.SwitchableStore()
+    all_peers = {**peers, "backup": common.backup_addr}
+    deps = api.Deps(ident, grainmgr, all_peers, auth, origins, public_url, store)
+    names = CookieNames.for_url(public_url)
+    ui = Ui(
+        UiDeps(
+            auth,
+            grainmgr,
+            Sessions(auth, names),
+            origins,
+            public_url,
+            common.wildcard_host,
+            [p.strip() for p in own.oidc_providers.split(",") if p.strip()],
+            all_peers,
+        )
     )
-
-    async def on_revoked(subject: str, event: dict[str, object]) -> None:
-        # A revocation reaches this cache at once (the cache is only a few seconds anyway).
-        ident.forget_credentials({str(c) for c in event.get("credential_ids", []) or []})  # type: ignore[union-attr]
-        if event.get("account_id"):
-            ident.forget_account(str(event["account_id"]))
+    grains = GrainProxy(origins, auth, grainmgr, public_url, names.all())
 
     async def connect_bus() -> None:
         if await rt.bus.connect(rt.stop):
-            await rt.bus.subscribe("grainhouse.auth.grant.revoked", on_revoked)
+            assert rt.bus.nc is not None
+            await rt.bus.nc.subscribe(revocations.SUBJECT, cb=revocations.handler(ident, origins))
+            shared = await kvstore.NatsStore.open(rt.bus.nc)
+            if shared is not None:
+                store.inner = shared
 
     host, port = metrics.split_addr(own.listen)
     config = uvicorn.Config(
-        appmod.build(health, deps),
+        appmod.build(health, deps, ui, grains),
         host=host,
         port=port,
         log_config=None,
@@ -83,6 +101,7 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
     rt.stop.set()
     for task in (connector, watcher, stopper):
         task.cancel()
+    grains.close()
     await rt.bus.close()
     await auth_channel.close()
     await grainmgr_channel.close()

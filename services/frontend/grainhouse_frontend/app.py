@@ -1,9 +1,10 @@
-"""The frontend's HTTP application: routes of the public listener.
+"""The frontend's HTTP application: which host and path reaches which part.
 
-Owns: the Starlette app: health, the REST API (/api/v1); the web UI and grain traffic
-arrive with their issues.
+Owns: the split of the public listener by Host: `ui-<id>.` / `api.` hosts go to the grain
+proxy, everything else to the platform (health, REST API /api/v1, web UI, static files).
 Trusts: auth's answers for who a caller is (nothing from the browser).
-Never: reads credential data, opens grain files or creates sandboxes.
+Never: reads credential data, opens grain files or creates sandboxes; lets a grain host reach a
+platform route (the platform's cookies and API live on the platform host only).
 """
 
 from __future__ import annotations
@@ -13,16 +14,43 @@ from collections.abc import Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from grainhouse_frontend import api as apimod
 from grainhouse_frontend import problem
+from grainhouse_frontend.grain_proxy import GrainProxy
 from grainhouse_frontend.http_metrics import HttpMetrics
+from grainhouse_frontend.origins import Origins
+from grainhouse_frontend.pages import Ui
+
+
+class HostSplit:
+    """Route a request by its Host header before any platform code sees it."""
+
+    def __init__(self, platform: ASGIApp, grains: GrainProxy, origins: Origins) -> None:
+        self.platform = platform
+        self.grains = grains
+        self.origins = origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = b""
+            for name, value in scope["headers"]:
+                if name == b"host":
+                    host = value
+                    break
+            if self.origins.host_kind(host.decode("latin-1")) is not None:
+                await self.grains(scope, receive, send)
+                return
+        await self.platform(scope, receive, send)
 
 
 def build(
-    health: Callable[[], Awaitable[dict[str, bool]]], deps: apimod.Deps | None = None
+    health: Callable[[], Awaitable[dict[str, bool]]],
+    deps: apimod.Deps | None = None,
+    ui: Ui | None = None,
+    grains: GrainProxy | None = None,
 ) -> ASGIApp:
     async def healthz(request: Request) -> JSONResponse:
         checks = await health()
@@ -36,10 +64,15 @@ def build(
     async def api_not_found(request: Request) -> Response:
         return problem.problem(404, f"no API route {request.url.path}", "not_found")
 
-    routes = [Route("/healthz", healthz, methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
     if deps is not None:
         api_routes, _ = apimod.build_routes(deps)
         routes += api_routes
     routes.append(Route("/api/{rest:path}", api_not_found))
-    app = Starlette(routes=routes, exception_handlers=problem.HANDLERS)  # type: ignore[arg-type]
-    return HttpMetrics(app, app.router)
+    if ui is not None:
+        routes += ui.routes()
+    app = Starlette(routes=routes, exception_handlers=problem.HANDLERS)
+    measured = HttpMetrics(app, app.router)
+    if grains is None:
+        return measured
+    return HostSplit(measured, grains, grains.origins)

@@ -12,10 +12,13 @@ from pydantic import Field
 from grainhouse_common.settings import ServiceSettings
 
 
-class FrontendSettings(ServiceSettings):
+class FrontendSettings(ServiceSettings):  # type: ignore[misc]
     service = "frontend"
 
     listen: str = Field("127.0.0.1:6080", description="Public HTTP listener (host:port).")
+    oidc_providers: str = Field(
+        "", description="Comma-separated OpenID Connect provider names offered on the sign-in page."
+    )
     max_request_line_bytes: int = Field(
         8192, gt=1024, le=65536, description="Longest request line or header accepted."
     )

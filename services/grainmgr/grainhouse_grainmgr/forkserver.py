@@ -314,6 +314,10 @@ class ForkServer:
             if cgroup:
                 cgroup.kill_and_remove()
             raise SandboxError("invalid", f"opening log_path: {exc.strerror}") from exc
+        # A grain that restarts over its quota must not get a writable /var until the next
+        # periodic measurement: measure now, before anything runs.
+        var_used = quota.measure(spec.var_dir) if limits.var_quota_bytes else 0
+        over_quota = bool(limits.var_quota_bytes) and var_used > limits.var_quota_bytes
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -336,6 +340,7 @@ class ForkServer:
             nproc=limits.pids,
             seccomp_program=self.seccomp_program,
             landlock=self.landlock,
+            var_read_only=over_quota,
         )
         if spare is not None:
             data, plan_fds = sandbox.plan_to_wire(plan)
@@ -371,6 +376,7 @@ class ForkServer:
         pidfd = os.pidfd_open(outer)
         os.set_blocking(log_r, False)
         grain = Grain(spec.grain_id, spec, outer, init_pid, pidfd, log_r, sink, cgroup, uid)
+        grain.var_used, grain.var_locked = var_used, over_quota
         self.grains[spec.grain_id] = grain
         self.by_pidfd[pidfd] = grain
         self.by_logfd[log_r] = grain

@@ -229,6 +229,9 @@ class Plan:
     address_space_bytes: int  # RLIMIT_AS when no memory cgroup exists; 0 = none
     nproc: int  # RLIMIT_NPROC: counted per user namespace (Linux >= 5.14), so per grain
     landlock: bool = False
+    # Over quota already when starting: /var is mounted read-only from the first instant
+    # (the fork server lifts it once a later measurement finds the grain under its quota).
+    var_read_only: bool = False
     cgroup_procs: list[str] = field(default_factory=list)  # direct path: joined by the outer
     seccomp_program: bytes | None = None
 
@@ -241,7 +244,7 @@ class StepError(Exception):
 # log_fd, report_fd, go_fd, *grant_fds. The seccomp program was inherited at fork.
 PLAN_WIRE_FIELDS = (
     "argv", "env", "package_dir", "var_dir", "root_mode", "nofile", "tmp_bytes", "shm_bytes",
-    "fsize_bytes", "address_space_bytes", "nproc", "landlock",
+    "fsize_bytes", "address_space_bytes", "nproc", "landlock", "var_read_only",
 )  # fmt: skip
 
 
@@ -551,7 +554,7 @@ def _finish(layout: Layout, plan: Plan) -> None:
     with _step("mount the app package read-only at /opt/app"):
         _bind(f"/proc/self/fd/{_FD_PACKAGE}", root + "/opt/app", read_only=True)
     with _step("mount the grain's storage read-write at /var"):
-        _bind(f"/proc/self/fd/{_FD_VAR}", root + "/var", read_only=False)
+        _bind(f"/proc/self/fd/{_FD_VAR}", root + "/var", read_only=plan.var_read_only)
         os.close(_FD_PACKAGE)
         os.close(_FD_VAR)
     with _step("mount a private /tmp and /dev/shm"):

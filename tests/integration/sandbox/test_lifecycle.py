@@ -166,6 +166,31 @@ async def test_var_quota_makes_var_read_only(site: Site) -> None:
     assert events and events[0].exceeded and events[0].used_bytes > 2 << 20
 
 
+async def test_grain_starting_over_quota_has_read_only_var_at_once(site: Site) -> None:
+    script = textwrap.dedent(
+        """
+        import errno
+        try:
+            with open("/var/more", "ab") as f:
+                f.write(b"y")
+            print("written", flush=True)
+        except OSError as exc:
+            print("refused", errno.errorcode[exc.errno], flush=True)
+        """
+    )
+    spec, log = spec_for(
+        site,
+        "overquota",
+        ["/usr/bin/python3", "-c", script],
+        limits=Limits(var_quota_bytes=1 << 20),
+    )
+    with open(Path(spec.var_dir) / "big", "wb") as f:  # left over from an earlier run
+        f.write(b"x" * (2 << 20))
+    status = await run_to_end(site, spec)
+    assert status.code == 0, log.read_text()
+    assert log.read_text().strip() == "refused EROFS"
+
+
 async def test_usage_is_measured(root_site: Site) -> None:
     spec, _ = spec_for(
         root_site, "usage", ["/bin/sh", "-c", "head -c 300000 /dev/zero > /var/a; sleep 30"]

@@ -1,0 +1,188 @@
+"""Benchmark: backup and restore of a 1 GiB grain with 10,000 files, against zip -r and unzip.
+
+Runs a whole platform (`grainhouse up`) in a temporary directory, fills one grain's /var with
+10,000 files (half incompressible, half text-like; 1 GiB in all), then measures in one run:
+- ours, backup: CreateBackup until the task SUCCEEDED (grainmgr's consistent snapshot, the
+  export stream over gRPC, the ZIP with per-file SHA-256, the archive written and fsynced);
+- ours, restore: RestoreBackup of the stored backup until SUCCEEDED (copy out of storage, the
+  confined validator reading and hashing every entry, then the import stream to grainmgr,
+  which writes the new grain);
+- baseline: `zip -r -q` of the same directory, and `unzip -q` of that zip into a new one.
+Throughput is grain bytes / seconds. Prints one JSON object on stdout. Needs `zip`, `unzip`.
+Usage: python bench/bench_backup.py [--mib 1024] [--files 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from grainhouse_package import generate_key, pack_directory
+from grainhouse_proto import backup_pb2 as bpb
+from grainhouse_proto import backup_pb2_grpc, grainmgr_pb2_grpc
+from grainhouse_proto import grainmgr_pb2 as gpb
+
+ROOT = Path(__file__).resolve().parents[1]
+GRAINHOUSE = str(Path(sys.executable).parent / "grainhouse")
+OWNER = "bench-owner"
+
+
+def fill(var: Path, total: int, files: int) -> None:
+    size = total // files
+    noise = os.urandom(size + 4096)
+    words = (b"grain backup benchmark line %d of text-like data\n" * 4096)[: size + 4096]
+    for i in range(files):
+        d = var / f"d{i % 100:02d}"
+        d.mkdir(exist_ok=True)
+        src = noise if i % 2 else words
+        (d / f"f{i:05d}").write_bytes(src[i % 4096 : i % 4096 + size])
+
+
+def start(root: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAINHOUSE_")}
+    env["GRAINHOUSE_GRAINMGR_REGISTER_WITH_AUTH"] = "false"
+    env["GRAINHOUSE_GRAINMGR_GRAIN_VAR_QUOTA_BYTES"] = str(4 * 1024**3)
+    log = (root / "up.log").open("wb")
+    proc = subprocess.Popen(
+        [GRAINHOUSE, "up", "--data-dir", str(root / "var"), "--http-port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while b"Grainhouse is ready at" not in (root / "up.log").read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("grainhouse up did not start")
+        time.sleep(0.2)
+    return proc
+
+
+def wait(backup: backup_pb2_grpc.BackupStub, task_id: str) -> bpb.BackupTask:
+    while True:
+        task = backup.GetTask(bpb.GetTaskRequest(task_id=task_id, owner_account_id=OWNER))
+        if task.state in (bpb.TASK_STATE_SUCCEEDED, bpb.TASK_STATE_FAILED):
+            if task.state == bpb.TASK_STATE_FAILED:
+                raise SystemExit(f"task failed: {task.error.message}")
+            return task
+        time.sleep(0.05)
+
+
+def timed(argv: list[str], cwd: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=10_000)
+    args = parser.parse_args()
+    if not (shutil.which("zip") and shutil.which("unzip")):
+        raise SystemExit("needs zip and unzip (apt-get install -y zip unzip)")
+    root = Path(tempfile.mkdtemp(prefix="gh-bench-backup-", dir="/tmp"))
+    root.chmod(0o711)
+    proc = None
+    try:
+        proc = start(root)
+        status = subprocess.run(
+            [GRAINHOUSE, "status", "--data-dir", str(root / "var"), "--json"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        services = json.loads(status.stdout)["services"]
+        grainmgr = grainmgr_pb2_grpc.GrainManagerStub(
+            grpc.insecure_channel(services["grainmgr"]["grpc"])
+        )
+        backup = backup_pb2_grpc.BackupStub(grpc.insecure_channel(services["backup"]["grpc"]))
+        pack_directory(ROOT / "examples" / "static-site", root / "s.pkg", generate_key(), level=0)
+        data = (root / "s.pkg").read_bytes()
+
+        def upload() -> Iterator[gpb.InstallPackageRequest]:
+            yield gpb.InstallPackageRequest(
+                metadata=gpb.InstallPackageMetadata(
+                    size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+                )
+            )
+            yield gpb.InstallPackageRequest(chunk=data)
+
+        package = grainmgr.InstallPackage(upload(), timeout=120)
+        grain = grainmgr.CreateGrain(
+            gpb.CreateGrainRequest(app_id=package.app_id, owner_account_id=OWNER)
+        )
+        var = next((root / "var").glob(f"*/grains/{grain.grain_id}/var"))
+        total = args.mib * 1024 * 1024
+        fill(var, total, args.files)
+        subprocess.run(["sync"], check=True)
+        grain_bytes = sum(p.stat().st_size for p in var.rglob("*") if p.is_file())
+
+        # Baseline first, then ours, on the same data (the page cache is warm for both).
+        work = root / "baseline"
+        work.mkdir()
+        zip_s = timed(["zip", "-r", "-q", str(work / "b.zip"), "."], var)
+        (work / "out").mkdir()
+        unzip_s = timed(["unzip", "-q", str(work / "b.zip"), "-d", str(work / "out")], work)
+        zip_size = (work / "b.zip").stat().st_size
+        shutil.rmtree(work)
+
+        t = time.perf_counter()
+        task = backup.CreateBackup(
+            bpb.CreateBackupRequest(grain_id=grain.grain_id, owner_account_id=OWNER)
+        )
+        task = wait(backup, task.task_id)
+        backup_s = time.perf_counter() - t
+        info = backup.ListBackups(bpb.ListBackupsRequest(owner_account_id=OWNER)).backups[0]
+
+        t = time.perf_counter()
+        restore = backup.RestoreBackup(
+            iter(
+                [
+                    bpb.RestoreBackupRequest(
+                        options=bpb.RestoreOptions(owner_account_id=OWNER, backup_id=task.backup_id)
+                    )
+                ]
+            )
+        )
+        wait(backup, restore.task_id)
+        restore_s = time.perf_counter() - t
+
+        mb = grain_bytes / 1e6
+        result = {
+            "grain_bytes": grain_bytes,
+            "files": args.files,
+            "backup_mb_s": round(mb / backup_s, 1),
+            "zip_r_mb_s": round(mb / zip_s, 1),
+            "backup_vs_zip": round(zip_s / backup_s, 3),
+            "restore_mb_s": round(mb / restore_s, 1),
+            "unzip_mb_s": round(mb / unzip_s, 1),
+            "restore_vs_unzip": round(unzip_s / restore_s, 3),
+            "archive_bytes": info.size_bytes,
+            "zip_bytes": zip_size,
+            "goal": ">= 0.9 x each",
+        }
+        print(json.dumps(result))
+        return 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

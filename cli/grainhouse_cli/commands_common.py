@@ -1,0 +1,91 @@
+"""What every REST command shares: the --json switch, output streams, and error exits.
+
+Owns: the rule "JSON on stdout with --json, everything else on stderr"; turning ApiError into
+an exit code; progress bars.
+Trusts: nothing; it only formats.
+Never: prints a secret to stderr (secrets go to stdout only, where the caller asked for them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from grainhouse_cli.client import ApiError, Client
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")]
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Platform URL (default: GRAINHOUSE_URL or login).")
+]
+T = TypeVar("T")
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def client(url: str | None = None) -> Client:
+    return run(lambda: Client.from_context(url))
+
+
+def run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ApiError as exc:
+        err_console.print(f"grainhouse: {exc}", markup=False, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def emit(as_json: bool, doc: Any, human: Callable[[], None] | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=None) + "\n")
+        return
+    if human is not None:
+        human()
+    else:
+        out_console.print_json(json.dumps(doc))
+
+
+def table(columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(*columns, box=None, header_style="bold")
+    for r in rows:
+        t.add_row(*[str(c) if c is not None else "" for c in r])
+    out_console.print(t)
+
+
+@contextmanager
+def progress_bar(label: str, total: int | None, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """Yield advance(n); the bar goes to stderr (never mixed with --json output)."""
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        disable=quiet or not err_console.is_terminal,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def paged(cli: Client, path: str, limit: int = 200) -> list[dict[str, Any]]:
+    """Every item of a cursor-paged collection."""
+    items: list[dict[str, Any]] = []
+    cursor = ""
+    sep = "&" if "?" in path else "?"
+    for _ in range(1000):
+        query = f"{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        page = cli.request("GET", path + query).json()
+        items += page["items"]
+        cursor = page.get("next_cursor") or ""
+        if not cursor:
+            break
+    return items

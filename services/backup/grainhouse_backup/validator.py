@@ -1,0 +1,461 @@
+"""The hostile-archive validator: one confined process per archive, one verdict as JSON.
+
+Owns: the rules an uploaded archive must pass before one byte of it reaches grainmgr (one rule
+per `ArchiveRefusalReason` in backup.proto), and the confinement of the process that applies
+them.
+Trusts: nothing in the archive. Its parent (the backup service) for the limits on argv.
+Never: writes a file, opens a network socket, follows an entry name onto the filesystem, or
+extracts anything: entries are read as streams and thrown away after hashing.
+
+Run as `python -m grainhouse_backup.validator --limits JSON` with the archive open read-only
+on stdin (a regular file, so the central directory can be read) and the verdict written to
+stdout. Before it reads a byte it confines itself (see `confine`): new user and network
+namespaces (no network at all), chroot into an empty directory when it can, no new
+privileges, and rlimits on address space, CPU, file size and open files. The parent never
+forks itself (gRPC threads): it starts this as a fresh interpreter.
+
+`check_archive` is the pure rule set, also called directly by unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import hashlib
+import itertools
+import json
+import logging
+import os
+import posixpath
+import re
+import resource
+import stat
+import sys
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from grainhouse_backup import archive
+
+# Names of ArchiveRefusalReason values (backup.proto), without the prefix.
+ZIP_SLIP = "ZIP_SLIP"
+ABSOLUTE_PATH = "ABSOLUTE_PATH"
+SYMLINK = "SYMLINK"
+HARD_LINK = "HARD_LINK"
+DEVICE_FILE = "DEVICE_FILE"
+DUPLICATE_NAME = "DUPLICATE_NAME"
+SIZE_BOMB = "SIZE_BOMB"
+RATIO_BOMB = "RATIO_BOMB"
+TOO_MANY_FILES = "TOO_MANY_FILES"
+TRUNCATED_OR_CORRUPT = "TRUNCATED_OR_CORRUPT"
+CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+BAD_METADATA = "BAD_METADATA"
+BAD_NAME = "BAD_NAME"
+# Reasons decided outside this process (they need grainmgr, or come before the upload ends).
+APP_NOT_INSTALLED = "APP_NOT_INSTALLED"
+APP_TOO_OLD = "APP_TOO_OLD"
+ARCHIVE_TOO_LARGE = "ARCHIVE_TOO_LARGE"
+
+log = logging.getLogger("grainhouse.backup.validator")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_UTF8_FLAG = 0x800
+_ENCRYPTED_FLAG = 0x1
+_LOCAL_HEADER = 30
+RATIO_MIN_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_total_bytes: int = 10 * 1024**3
+    max_ratio: int = 200
+    max_files: int = 1_000_000
+    # Confinement of the validator process itself.
+    max_memory_bytes: int = 1024 * 1024**2
+    max_cpu_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    entry: str = ""
+    file_count: int = 0
+    total_bytes: int = 0
+    confinement: tuple[str, ...] = ()  # steps the validator process applied to itself
+
+
+class Refusal(Exception):
+    def __init__(self, reason: str, message: str, entry: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.entry = entry
+
+
+def shown(name: str) -> str:
+    """An untrusted entry name made safe for a message: escaped, at most 512 chars."""
+    text = name.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text[:512]
+
+
+def _raw_name(info: zipfile.ZipInfo) -> str:
+    """The entry name as UTF-8, or BAD_NAME.
+
+    zipfile decodes names without the UTF-8 flag as cp437; Info-ZIP on Unix writes raw UTF-8
+    without the flag, so such names are re-encoded to their bytes and decoded as UTF-8.
+    """
+    name = info.filename
+    if not info.flag_bits & _UTF8_FLAG and not name.isascii():
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError) as exc:
+            raise Refusal(BAD_NAME, "an entry name is not valid UTF-8", shown(name)) from exc
+    return name
+
+
+def _check_name(name: str) -> str:
+    """Refuse a hostile name; return it normalised ("a//b/./c" -> "a/b/c")."""
+    if _CONTROL.search(name):
+        raise Refusal(BAD_NAME, "an entry name contains a control character", shown(name))
+    if len(name.encode()) > 4096:
+        raise Refusal(BAD_NAME, "an entry name is longer than 4096 bytes", shown(name))
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise Refusal(ABSOLUTE_PATH, "an entry name is an absolute path", shown(name))
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(len(p.encode()) > 255 for p in parts):
+        raise Refusal(BAD_NAME, "an entry name has a component longer than 255 bytes", shown(name))
+    if ".." in parts:
+        # Even "data/a/../b", which stays inside, is refused: we never write "..", and a name
+        # with it can alias another entry or leave data/ ("data/../x").
+        raise Refusal(ZIP_SLIP, "an entry name climbs out with '..'", shown(name))
+    return "/".join(parts)
+
+
+def _kind(info: zipfile.ZipInfo, name: str) -> str:
+    mode = info.external_attr >> 16 if info.create_system == 3 else 0
+    fmt = stat.S_IFMT(mode)
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+        raise Refusal(DEVICE_FILE, "an entry is a device, fifo or socket", shown(name))
+    if fmt == stat.S_IFLNK:
+        return archive.SYMLINK
+    if fmt == stat.S_IFDIR or name.endswith("/"):
+        return archive.DIRECTORY
+    if fmt not in (0, stat.S_IFREG):
+        raise Refusal(DEVICE_FILE, "an entry has an unknown file type", shown(name))
+    return archive.REGULAR
+
+
+def _check_structure(infos: list[zipfile.ZipInfo], archive_size: int) -> None:
+    """Hard links (two names, one body) and overlapping or out-of-file entries."""
+    by_offset = sorted(infos, key=lambda i: i.header_offset)
+    for prev, cur in itertools.pairwise(by_offset):
+        if prev.header_offset == cur.header_offset:
+            raise Refusal(
+                HARD_LINK, "two entries share one body (a hard link)", shown(cur.filename)
+            )
+        encoding = "utf-8" if prev.flag_bits & _UTF8_FLAG else "cp437"
+        name_len = len(prev.orig_filename.encode(encoding, "replace"))
+        # A lower bound of the entry's end (the local extra field is not counted).
+        prev_end = prev.header_offset + _LOCAL_HEADER + name_len + prev.compress_size
+        if prev_end > cur.header_offset:
+            raise Refusal(TRUNCATED_OR_CORRUPT, "archive entries overlap", shown(cur.filename))
+    for info in infos:
+        if info.header_offset + info.compress_size > archive_size:
+            raise Refusal(
+                TRUNCATED_OR_CORRUPT,
+                "an entry reaches past the end of the archive",
+                shown(info.filename),
+            )
+
+
+def _symlink_escapes(path: str, target: str) -> bool:
+    if target.startswith("/") or not target or "\x00" in target:
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return resolved == ".." or resolved.startswith("../")
+
+
+def check_archive(fileobj: IO[bytes], limits: Limits) -> Verdict:
+    """Apply every rule; refuse on the first broken one."""
+    try:
+        return _check(fileobj, limits)
+    except Refusal as r:
+        return Verdict(False, r.reason, r.message, r.entry)
+
+
+def _open(fileobj: IO[bytes]) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(fileobj)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
+        raise Refusal(TRUNCATED_OR_CORRUPT, "not a ZIP archive, or cut short") from exc
+
+
+def _check(fileobj: IO[bytes], limits: Limits) -> Verdict:
+    fileobj.seek(0, os.SEEK_END)
+    archive_size = fileobj.tell()
+    fileobj.seek(0)
+    zf = _open(fileobj)
+    infos = zf.infolist()
+    if len(infos) > limits.max_files + 1:
+        raise Refusal(TOO_MANY_FILES, f"the archive holds more than {limits.max_files} entries")
+
+    entries: dict[str, tuple[str, zipfile.ZipInfo]] = {}
+    declared_total = 0
+    for info in infos:
+        raw = _raw_name(info)
+        name = _check_name(raw)
+        kind = _kind(info, raw)
+        if info.flag_bits & _ENCRYPTED_FLAG:
+            raise Refusal(TRUNCATED_OR_CORRUPT, "an entry is encrypted", shown(raw))
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise Refusal(
+                TRUNCATED_OR_CORRUPT, "an entry uses an unsupported compression method", shown(raw)
+            )
+        if name in entries:
+            raise Refusal(DUPLICATE_NAME, "two entries have the same name", shown(raw))
+        entries[name] = (kind, info)
+        declared_total += info.file_size
+        if declared_total > limits.max_total_bytes:
+            raise Refusal(
+                SIZE_BOMB,
+                f"the archive expands to more than {limits.max_total_bytes} bytes",
+                shown(raw),
+            )
+        if info.file_size > RATIO_MIN_BYTES and info.file_size > limits.max_ratio * max(
+            info.compress_size, 1
+        ):
+            raise Refusal(
+                RATIO_BOMB,
+                f"an entry's compression ratio exceeds {limits.max_ratio}:1",
+                shown(raw),
+            )
+    _check_structure(infos, archive_size)
+
+    # A file and a directory (or a file used as a directory) with one name.
+    dirs = {n for n, (k, _) in entries.items() if k == archive.DIRECTORY}
+    files = {n for n, (k, _) in entries.items() if k != archive.DIRECTORY}
+    if clash := dirs & files:
+        raise Refusal(
+            DUPLICATE_NAME, "a file and a directory have the same name", shown(min(clash))
+        )
+    links = {n for n, (k, _) in entries.items() if k == archive.SYMLINK}
+    for name in entries:
+        parent = posixpath.dirname(name)
+        while parent:
+            if parent in links:
+                raise Refusal(SYMLINK, "an entry's path passes through a symlink", shown(name))
+            if parent in files:
+                raise Refusal(DUPLICATE_NAME, "an entry's parent is a file", shown(name))
+            parent = posixpath.dirname(parent)
+
+    try:
+        meta = archive.read_metadata(zf)
+    except archive.MetadataError as exc:
+        raise Refusal(BAD_METADATA, str(exc)) from exc
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise Refusal(TRUNCATED_OR_CORRUPT, "the metadata entry is corrupt") from exc
+
+    listed = {r.path: r for r in meta.files}
+    if len(listed) != len(meta.files):
+        raise Refusal(BAD_METADATA, "the metadata lists a file twice")
+    seen_dirs = {""}
+    for record in meta.files:  # restore streams in this order: a directory before its contents
+        if posixpath.dirname(record.path) not in seen_dirs:
+            raise Refusal(
+                BAD_METADATA, "the metadata lists an entry before its directory",
+                shown(archive.DATA_PREFIX + record.path),
+            )  # fmt: skip
+        if record.type == archive.DIRECTORY:
+            seen_dirs.add(record.path)
+    present = {
+        n[len(archive.DATA_PREFIX) :]: v
+        for n, v in entries.items()
+        if n.startswith(archive.DATA_PREFIX)
+    }
+    known = {archive.METADATA_NAME, archive.DATA_PREFIX.rstrip("/")}
+    extra = set(entries) - known - {archive.DATA_PREFIX + p for p in present}
+    if extra:
+        raise Refusal(CHECKSUM_MISMATCH, "an entry is outside data/", shown(min(extra)))
+    if missing := set(listed) - set(present):
+        raise Refusal(
+            CHECKSUM_MISMATCH, "a listed file is missing", shown(archive.DATA_PREFIX + min(missing))
+        )
+    if unlisted := set(present) - set(listed):
+        raise Refusal(
+            CHECKSUM_MISMATCH,
+            "a file is not in the checksum list",
+            shown(archive.DATA_PREFIX + min(unlisted)),
+        )
+
+    total = 0
+    for path, record in listed.items():
+        kind, info = present[path]
+        name = info.filename
+        if kind != record.type:
+            raise Refusal(CHECKSUM_MISMATCH, "an entry's type disagrees with the list", shown(name))
+        if kind == archive.SYMLINK:
+            target = _read_all(fileobj, info, 4096, name)
+            if _symlink_escapes(path, target.decode("utf-8", "replace")) or (
+                record.target and target.decode("utf-8", "replace") != record.target
+            ):
+                raise Refusal(SYMLINK, "a symlink points outside the grain's data", shown(name))
+            continue
+        if kind != archive.REGULAR:
+            continue
+        if info.file_size != record.size:
+            raise Refusal(CHECKSUM_MISMATCH, "an entry's size disagrees with the list", shown(name))
+        digest = hashlib.sha256()
+        for chunk in _stream(fileobj, info, name):
+            total += len(chunk)
+            if total > limits.max_total_bytes:
+                raise Refusal(SIZE_BOMB, "the archive expands past the limit", shown(name))
+            digest.update(chunk)
+        if digest.hexdigest() != record.sha256:
+            raise Refusal(
+                CHECKSUM_MISMATCH, "an entry's content does not match its checksum", shown(name)
+            )
+    return Verdict(True, file_count=len(listed), total_bytes=total)
+
+
+def _stream(src: IO[bytes], info: zipfile.ZipInfo, path: str) -> Iterable[bytes]:
+    """An entry's content, decompressed here (not by zipfile) so that an entry producing more
+    than it declared is caught as it happens, memory stays bounded and the CRC is checked."""
+    src.seek(info.header_offset)
+    local = src.read(_LOCAL_HEADER)
+    if len(local) != _LOCAL_HEADER or local[:4] != b"PK\x03\x04":
+        raise Refusal(TRUNCATED_OR_CORRUPT, "an entry's local header is missing", shown(path))
+    skip = int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    src.seek(skip, os.SEEK_CUR)
+    left = info.compress_size
+    deflate = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+    crc = 0
+    got = 0
+    while left > 0:
+        raw = src.read(min(left, archive.CHUNK))
+        if not raw:
+            raise Refusal(TRUNCATED_OR_CORRUPT, "an entry is cut short", shown(path))
+        left -= len(raw)
+        while raw:
+            if deflate is None:
+                out, raw = raw, b""
+            else:
+                try:
+                    out = deflate.decompress(raw, archive.CHUNK)
+                except zlib.error as exc:
+                    raise Refusal(
+                        TRUNCATED_OR_CORRUPT, "an entry is corrupt (bad deflate data)", shown(path)
+                    ) from exc
+                raw = deflate.unconsumed_tail
+            got += len(out)
+            if got > info.file_size:
+                raise Refusal(SIZE_BOMB, "an entry is larger than it declared", shown(path))
+            crc = zlib.crc32(out, crc)
+            if out:
+                yield out
+    if got != info.file_size or (deflate is not None and not deflate.eof):
+        raise Refusal(TRUNCATED_OR_CORRUPT, "an entry is cut short", shown(path))
+    if crc != info.CRC:
+        raise Refusal(TRUNCATED_OR_CORRUPT, "an entry is corrupt (CRC error)", shown(path))
+
+
+def _read_all(src: IO[bytes], info: zipfile.ZipInfo, cap: int, path: str) -> bytes:
+    if info.file_size > cap:
+        raise Refusal(SYMLINK, "a symlink target is too long", shown(path))
+    return b"".join(_stream(src, info, path))
+
+
+# ---- confinement ----------------------------------------------------------------------------
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def confine(limits: Limits, empty_dir: str | None) -> list[str]:
+    """Confine this process before it reads the archive; returns what could be applied.
+
+    Each step is best effort on kernels that forbid it (unprivileged user namespaces may be
+    off), and the list of applied steps goes into the verdict so tests can assert on it.
+    """
+    applied = []
+    # Codecs load lazily from the encodings package: load the ones we use before the chroot.
+    "x".encode("unicode_escape").decode("ascii")
+    "x".encode("cp437").decode("cp437")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
+        applied.append("no_new_privs")
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) == 0:
+        applied.append("netns")
+        if empty_dir and os.path.isdir(empty_dir):
+            try:
+                os.chroot(empty_dir)
+                os.chdir("/")
+                applied.append("chroot")
+            except OSError:
+                pass
+    # No file is opened for writing; the cap keeps even stdout (if a file) to a verdict.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.max_cpu_seconds, limits.max_cpu_seconds))
+    resource.setrlimit(resource.RLIMIT_AS, (limits.max_memory_bytes, limits.max_memory_bytes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (8, 8))
+    applied.append("rlimits")
+    return applied
+
+
+async def validate_file(path: str, limits: Limits, empty_dir: str, timeout: float) -> Verdict:
+    """Run the validator on one archive in its own confined interpreter; return its verdict.
+
+    The archive is the child's stdin, opened read-only here; the child gets no other file,
+    an empty environment and no network. A crash, a kill by rlimit or a timeout is a refusal
+    (never an acceptance).
+    """
+    with open(path, "rb") as source:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-m", "grainhouse_backup.validator",
+            "--limits", json.dumps(asdict(limits)), "--empty-dir", empty_dir,
+            stdin=source, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
+        )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return Verdict(False, TRUNCATED_OR_CORRUPT, "the archive took too long to check")
+    try:
+        doc = json.loads(out)
+        doc["confinement"] = tuple(doc.get("confinement", ()))
+        return Verdict(**doc)
+    except (ValueError, TypeError):
+        log.warning("validator died (exit %s): %s", proc.returncode, err[-500:])
+        return Verdict(False, TRUNCATED_OR_CORRUPT, "the archive could not be checked")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grainhouse_backup.validator")
+    parser.add_argument("--limits", default="{}")
+    parser.add_argument("--empty-dir", default=None)
+    args = parser.parse_args(argv)
+    limits = Limits(**json.loads(args.limits))
+    out = sys.stdout
+    applied = confine(limits, args.empty_dir)
+    source = os.fdopen(0, "rb", buffering=0)
+    try:
+        verdict = check_archive(source, limits)
+    except MemoryError:
+        verdict = Verdict(False, SIZE_BOMB, "the archive needs too much memory to check")
+    doc: dict[str, Any] = asdict(verdict)
+    doc["confinement"] = list(applied)
+    out.write(json.dumps(doc))
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""A real platform (`grainhouse up`) for the backup tests, and helpers to drive Backup over gRPC."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import pytest
+
+from grainhouse_package import generate_key, pack_directory
+from grainhouse_proto import backup_pb2 as bpb
+from grainhouse_proto import backup_pb2_grpc, grainmgr_pb2_grpc
+from grainhouse_proto import grainmgr_pb2 as gpb
+
+GRAINHOUSE = str(Path(sys.executable).parent / "grainhouse")
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+CHUNK = 1024 * 1024
+OWNER = "owner-backup-1"
+
+
+def make_data_root() -> Path:
+    # PostgreSQL runs as `postgres` when we are root: it must be able to enter the directory.
+    root = Path(tempfile.mkdtemp(prefix="gh-backup-", dir="/tmp"))
+    root.chmod(0o711)
+    return root
+
+
+class Stack:
+    def __init__(self, root: Path, settings: dict[str, str] | None = None) -> None:
+        self.settings = settings or {}
+        self.root = root
+        self.data_dir = root / "var"
+        self.output = root / "up.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 120) -> None:
+        self._out = open(self.output, "ab")  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAINHOUSE_")}
+        env.update(
+            {
+                "GRAINHOUSE_GRAINMGR_REGISTER_WITH_AUTH": "false",  # owners are made-up ids
+                "GRAINHOUSE_GRAINMGR_GRAIN_VAR_QUOTA_BYTES": str(3 * 1024**3),
+                **self.settings,
+            }
+        )
+        self.proc = subprocess.Popen(
+            [GRAINHOUSE, "up", "--data-dir", str(self.data_dir), "--http-port", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._out,
+            env=env,
+            start_new_session=True,
+        )
+        self.starts += 1  # the log is appended to: count the ready lines
+        deadline = time.monotonic() + timeout
+        while self.log().count("Grainhouse is ready at") < self.starts:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"grainhouse up did not come up:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def services(self) -> dict[str, Any]:
+        proc = subprocess.run(
+            [GRAINHOUSE, "status", "--data-dir", str(self.data_dir), "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        return dict(json.loads(proc.stdout)["services"])
+
+    def nats_url(self) -> str:
+        return str(self.services()["nats"]["nats"])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+@dataclass
+class Platform:
+    stack: Stack
+    grainmgr: grainmgr_pb2_grpc.GrainManagerStub
+    backup: backup_pb2_grpc.BackupStub
+    package: gpb.InstallPackageResponse
+    channels: list[grpc.Channel]
+    package_dir: Path
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.close()
+
+    def var_dir(self, grain_id: str) -> Path:
+        found = list(self.stack.data_dir.glob(f"*/grains/{grain_id}/var"))
+        assert len(found) == 1, found
+        return found[0]
+
+
+def wait_serving(call: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            call()
+            return
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def connect(stack: Stack, package_dir: Path) -> Platform:
+    services = stack.services()
+    gch = grpc.insecure_channel(services["grainmgr"]["grpc"])
+    bch = grpc.insecure_channel(services["backup"]["grpc"])
+    grainmgr = grainmgr_pb2_grpc.GrainManagerStub(gch)
+    backup = backup_pb2_grpc.BackupStub(bch)
+    wait_serving(lambda: grainmgr.ListPackages(gpb.ListPackagesRequest(), timeout=5))
+    wait_serving(
+        lambda: backup.ListBackups(bpb.ListBackupsRequest(owner_account_id="x"), timeout=5)
+    )
+    pkg = package_dir / "static.pkg"
+    if not pkg.exists():
+        pack_directory(EXAMPLES / "static-site", pkg, generate_key(), level=0)
+    data = pkg.read_bytes()
+
+    def upload() -> Iterator[gpb.InstallPackageRequest]:
+        yield gpb.InstallPackageRequest(
+            metadata=gpb.InstallPackageMetadata(
+                size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+        )
+        for i in range(0, len(data), CHUNK):
+            yield gpb.InstallPackageRequest(chunk=data[i : i + CHUNK])
+
+    package = grainmgr.InstallPackage(upload(), timeout=120)
+    return Platform(stack, grainmgr, backup, package, [gch, bch], package_dir)
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    root = make_data_root()
+    stack = Stack(
+        root,
+        {
+            "GRAINHOUSE_BACKUP_SCHEDULE_PERIOD_OVERRIDE_SECONDS": "30",
+            "GRAINHOUSE_BACKUP_SCHEDULER_INTERVAL_SECONDS": "1",
+            "GRAINHOUSE_BACKUP_JOB_ACK_WAIT_SECONDS": "6",
+        },
+    )
+    plat = None
+    try:
+        stack.start()
+        plat = connect(stack, tmp_path_factory.mktemp("pkg"))
+        yield plat
+    finally:
+        if plat is not None:
+            plat.close()
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def new_grain(p: Platform, title: str = "Backup me", owner: str = OWNER) -> gpb.Grain:
+    return p.grainmgr.CreateGrain(
+        gpb.CreateGrainRequest(app_id=p.package.app_id, owner_account_id=owner, title=title),
+        timeout=30,
+    )
+
+
+def wait_task(
+    p: Platform, task_id: str, owner: str = OWNER, timeout: float = 240
+) -> bpb.BackupTask:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = p.backup.GetTask(
+            bpb.GetTaskRequest(task_id=task_id, owner_account_id=owner), timeout=10
+        )
+        if task.state in (bpb.TASK_STATE_SUCCEEDED, bpb.TASK_STATE_FAILED):
+            return task
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task still {bpb.TaskState.Name(task.state)}")
+        time.sleep(0.2)
+
+
+def backup_now(p: Platform, grain_id: str, owner: str = OWNER) -> bpb.BackupTask:
+    task = p.backup.CreateBackup(
+        bpb.CreateBackupRequest(grain_id=grain_id, owner_account_id=owner), timeout=30
+    )
+    return wait_task(p, task.task_id, owner)
+
+
+def download(
+    p: Platform, backup_id: str, dest: Path, owner: str = OWNER, offset: int = 0, length: int = 0
+) -> bpb.DownloadHeader:
+    header = None
+    with dest.open("ab") as out:
+        for chunk in p.backup.DownloadBackup(
+            bpb.DownloadBackupRequest(
+                backup_id=backup_id, owner_account_id=owner, offset=offset, length=length
+            ),
+            timeout=300,
+        ):
+            if chunk.WhichOneof("part") == "header":
+                header = chunk.header
+            else:
+                out.write(chunk.data)
+    assert header is not None
+    return header
+
+
+def restore_upload(p: Platform, path: Path, owner: str = OWNER, **options: Any) -> bpb.BackupTask:
+    size = path.stat().st_size
+
+    def requests() -> Iterator[bpb.RestoreBackupRequest]:
+        yield bpb.RestoreBackupRequest(
+            options=bpb.RestoreOptions(owner_account_id=owner, upload_size_bytes=size, **options)
+        )
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                yield bpb.RestoreBackupRequest(chunk=chunk)
+
+    task = p.backup.RestoreBackup(requests(), timeout=300)
+    return wait_task(p, task.task_id, owner)
+
+
+def tree(root: Path) -> dict[str, tuple[str, int, str]]:
+    """path -> (kind, permission bits, sha256 or link target) of every entry under root."""
+    out: dict[str, tuple[str, int, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = str(full.relative_to(root))
+            st = full.lstat()
+            if full.is_symlink():
+                out[rel] = ("link", 0, os.readlink(full))
+            elif full.is_dir():
+                out[rel] = ("dir", st.st_mode & 0o777, "")
+            else:
+                digest = hashlib.sha256()
+                with full.open("rb") as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                out[rel] = ("file", st.st_mode & 0o777, digest.hexdigest())
+    return out

@@ -1,0 +1,100 @@
+"""A backup taken while the app writes as fast as it can restores to one consistent instant."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from grainhouse_package import generate_key, pack_directory
+from grainhouse_proto import backup_pb2 as bpb
+from grainhouse_proto import common_pb2
+from grainhouse_proto import grainmgr_pb2 as gpb
+
+from .conftest import CHUNK, OWNER, Platform, backup_now, wait_task
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("backup-stack")]
+HERE = Path(__file__).resolve().parent
+
+
+def install_writer(p: Platform, tmp_path: Path) -> gpb.InstallPackageResponse:
+    pack_directory(HERE / "writerapp", tmp_path / "writer.pkg", generate_key(), level=0)
+    data = (tmp_path / "writer.pkg").read_bytes()
+
+    def upload() -> Iterator[gpb.InstallPackageRequest]:
+        yield gpb.InstallPackageRequest(
+            metadata=gpb.InstallPackageMetadata(
+                size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+        )
+        for i in range(0, len(data), CHUNK):
+            yield gpb.InstallPackageRequest(chunk=data[i : i + CHUNK])
+
+    return p.grainmgr.InstallPackage(upload(), timeout=120)
+
+
+def latest(var: Path) -> int:
+    try:
+        return int((var / "latest").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def check_instant(var: Path) -> int:
+    """Every record up to `latest` is there and complete; returns latest."""
+    last = latest(var)
+    assert last > 0
+    for n in range(max(1, last - 1000), last + 1):
+        body = (var / "records" / str(n)).read_bytes()
+        line = f"{n}\n".encode()
+        assert body == line * (4096 // len(line)), f"record {n} of {last} is torn"
+    return last
+
+
+def test_backup_during_heavy_writes_is_consistent(platform: Platform, tmp_path: Path) -> None:
+    package = install_writer(platform, tmp_path)
+    grain = platform.grainmgr.CreateGrain(
+        gpb.CreateGrainRequest(app_id=package.app_id, owner_account_id=OWNER, title="Busy"),
+        timeout=30,
+    )
+    platform.grainmgr.OpenSession(
+        gpb.OpenSessionRequest(
+            grain_id=grain.grain_id,
+            identity=common_pb2.AppIdentity(user_id="u" * 32, display_name="U"),
+            permissions=["view", "edit"],
+            session_type=gpb.SESSION_TYPE_NORMAL,
+            tab_id="t1",
+            base_path="http://ui-test.localhost",
+        ),
+        timeout=60,
+    )
+    var = platform.var_dir(grain.grain_id)
+    deadline = time.monotonic() + 60
+    while latest(var) < 1500:  # the app is busy writing
+        assert time.monotonic() < deadline, "the writer app did not write"
+        time.sleep(0.1)
+
+    task = backup_now(platform, grain.grain_id)
+    assert task.state == bpb.TASK_STATE_SUCCEEDED, task.error
+    restored = platform.backup.RestoreBackup(
+        iter(
+            [
+                bpb.RestoreBackupRequest(
+                    options=bpb.RestoreOptions(owner_account_id=OWNER, backup_id=task.backup_id)
+                )
+            ]
+        )
+    )
+    done = wait_task(platform, restored.task_id)
+    assert done.state == bpb.TASK_STATE_SUCCEEDED, done.error
+    snapshot_latest = check_instant(platform.var_dir(done.grain_id))
+    assert snapshot_latest >= 1500
+    # The original grain runs again after the snapshot and keeps writing.
+    deadline = time.monotonic() + 60
+    while latest(var) <= snapshot_latest:
+        assert time.monotonic() < deadline, "the grain did not resume after the backup"
+        time.sleep(0.1)
+    platform.grainmgr.StopGrain(gpb.StopGrainRequest(grain_id=grain.grain_id), timeout=60)
