@@ -26,6 +26,20 @@ class SetupLink:
     expires_at: datetime
 
 
+async def request(addr: str, key: str, base_url: str, ttl_seconds: int = 0) -> SetupLink:
+    """The gRPC call itself (also used by `grainhouse up` on a fresh data directory)."""
+    async with rpc.channel(addr) as ch:
+        reply = await auth_pb2_grpc.AuthStub(ch).CreateSetupLink(
+            auth_pb2.CreateSetupLinkRequest(
+                operator_key=auth_pb2.OperatorKey(key_secret=key),
+                ttl_seconds=ttl_seconds,
+                base_url=base_url,
+            ),
+            timeout=10,
+        )
+        return SetupLink(str(reply.url), reply.expires_at.ToDatetime())
+
+
 def create_setup_link(data: DataDir, ttl_seconds: int = 0) -> SetupLink:
     """Ask auth for a one-time admin setup link (0 = the server's default lifetime, 1 hour).
 
@@ -35,20 +49,7 @@ def create_setup_link(data: DataDir, ttl_seconds: int = 0) -> SetupLink:
         raise AdminError("the lifetime must be positive")
     addr, url = _auth_addr(data)
     key = operator_key(data)
-
-    async def call() -> SetupLink:
-        async with rpc.channel(addr) as ch:
-            reply = await auth_pb2_grpc.AuthStub(ch).CreateSetupLink(
-                auth_pb2.CreateSetupLinkRequest(
-                    operator_key=auth_pb2.OperatorKey(key_secret=key),
-                    ttl_seconds=ttl_seconds,
-                    base_url=url,
-                ),
-                timeout=10,
-            )
-            return SetupLink(str(reply.url), reply.expires_at.ToDatetime())
-
     try:
-        return asyncio.run(call())
+        return asyncio.run(request(addr, key, url, ttl_seconds))
     except grpc.aio.AioRpcError as exc:
         raise AdminError(f"auth refused: {exc.details()} ({exc.code().name})") from None

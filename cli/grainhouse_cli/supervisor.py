@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import grpc
 
 from grainhouse_cli.datadir import DataDir, DataDirError
 from grainhouse_cli.postgres import DBNAME, EmbeddedPostgres
@@ -385,6 +386,7 @@ class Supervisor:
                 watchers.append(asyncio.create_task(self._watch(child)))
             self._save_state()
             self.say(f"Grainhouse is ready at {self.public_url}")
+            await self._first_run_admin_link(ports)
             self.say(
                 f"Admin API token: grainhouse admin api-token --data-dir {self.data.root} --json"
             )
@@ -396,6 +398,28 @@ class Supervisor:
                 task.cancel()
             await self.stop_all()
             self.say("stopped")
+
+    async def _first_run_admin_link(self, ports: Ports) -> None:
+        """On a fresh data directory, print where to become the admin (one-time link)."""
+        marker = self.data.run / "admin-link-issued"
+        if marker.exists():
+            self.say(
+                f"Sign in at {self.public_url} "
+                f"(another admin link: grainhouse admin setup-link --data-dir {self.data.root})"
+            )
+            return
+        from grainhouse_cli import setup_link  # the CLI's own gRPC client to auth
+        from grainhouse_cli.admin import AdminError, operator_key
+
+        try:
+            link = await setup_link.request(
+                f"127.0.0.1:{ports.auth}", operator_key(self.data), self.public_url
+            )
+        except (AdminError, grpc.aio.AioRpcError) as exc:
+            self.say(f"could not make a first admin link ({exc}); use grainhouse admin setup-link")
+            return
+        marker.write_text(link.expires_at.isoformat() + "\n")
+        self.say(f"First run: open this one-time link to become the admin: {link.url}")
 
     async def _start_one(self, child: Child, timeout: float) -> bool:
         await self._spawn(child)

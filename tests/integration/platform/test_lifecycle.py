@@ -40,6 +40,8 @@ def test_sigterm_stops_every_child_and_up_again_reuses_the_data(fresh_root: Path
     assert len(pids) == 6
     token_file = s.data_dir / "auth" / "operator.key"
     key = token_file.read_text()
+    first = [line for line in s.log().splitlines() if line.startswith("First run:")]
+    assert len(first) == 1 and "/setup/ghx_" in first[0], s.log()
     assert s.stop() == 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
@@ -55,6 +57,8 @@ def test_sigterm_stops_every_child_and_up_again_reuses_the_data(fresh_root: Path
         s2.wait_all_healthy()
         assert token_file.read_text() == key
         assert "initdb" not in s2.log()
+        # The one-time admin link is offered on the first run only; later: where to sign in.
+        assert "First run:" not in s2.log() and "Sign in at http://localhost:" in s2.log()
     finally:
         assert s2.stop() == 0
 
