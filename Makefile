@@ -45,7 +45,7 @@ lint: setup ## ruff, import-linter contracts, mypy on libs/
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/lint-imports
-	@$(VENV)/bin/mypy libs/common/grainhouse_common
+	@$(VENV)/bin/mypy libs/common/grainhouse_common libs/package/grainhouse_package
 
 typecheck: setup ## mypy on the shared library and the CLI
 	@$(VENV)/bin/mypy libs/common/grainhouse_common cli/grainhouse_cli
