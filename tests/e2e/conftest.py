@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.frontend.harness import Stack, make_data_root
+from tests.integration.frontend.harness import FRONTEND_ENV
+from tests.support.stack import Stack, make_data_root
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -34,8 +35,8 @@ def ensure_chromium() -> None:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    root = make_data_root()
-    s = Stack(root)
+    root = make_data_root("gh-front-")
+    s = Stack(root, FRONTEND_ENV)
     try:
         s.start()
         yield s

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .harness import (
+    FRONTEND_ENV,
     Client,
     Stack,
     build_notes,
@@ -22,7 +23,7 @@ from .harness import (
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     root = make_data_root()
-    s = Stack(root)
+    s = Stack(root, FRONTEND_ENV)
     try:
         s.start()
         yield s

@@ -1,85 +1,34 @@
-"""The frontend test harness: the whole platform (`grainhouse up`) and an HTTP client for it.
+"""The frontend test harness: an HTTP client for the whole platform, and helpers around it.
 
-Shared by tests/integration/frontend and tests/e2e (a plain module, not a conftest).
+The platform itself (`grainhouse up`) is tests/support/stack.py's Stack. Shared by
+tests/integration/frontend and tests/e2e (a plain module, not a conftest).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-GRAINHOUSE = str(Path(sys.executable).parent / "grainhouse")
+from tests.support import stack as support
+from tests.support.stack import Stack
+
+__all__ = ["FRONTEND_ENV", "Stack"]
+
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
+# What the frontend and e2e stacks run with on top of the defaults.
+FRONTEND_ENV = {"GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": "60"}
+
+
 def make_data_root() -> Path:
-    # PostgreSQL runs as `postgres` when we are root: it must be able to enter the directory.
-    root = Path(tempfile.mkdtemp(prefix="gh-front-", dir="/tmp"))
-    root.chmod(0o711)
-    return root
-
-
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data_dir = root / "var"
-        self.output = root / "up.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._out: IO[bytes] | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 120) -> None:
-        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAINHOUSE_")}
-        env["GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS"] = "60"
-        self.proc = subprocess.Popen(
-            [GRAINHOUSE, "up", "--data-dir", str(self.data_dir), "--http-port", "0"],
-            stdout=subprocess.DEVNULL,
-            stderr=self._out,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(r"Grainhouse is ready at (\S+)", self.log())
-            if found:
-                self.url = found.group(1).rstrip("/")
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"grainhouse up did not come up:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.output.read_text(errors="replace") if self.output.exists() else ""
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [GRAINHOUSE, *args, "--data-dir", str(self.data_dir)],
-            capture_output=True, text=True, check=True, timeout=60,
-        )  # fmt: skip
-        return out.stdout
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self._out is not None:
-            self._out.close()
+    return support.make_data_root("gh-front-")
 
 
 @dataclass

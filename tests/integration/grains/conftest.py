@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -23,8 +18,8 @@ import pytest
 from grainhouse_package import generate_key, pack_directory
 from grainhouse_proto import common_pb2, grainmgr_pb2_grpc
 from grainhouse_proto import grainmgr_pb2 as pb
+from tests.support import stack as support
 
-GRAINHOUSE = str(Path(sys.executable).parent / "grainhouse")
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parents[2] / "examples"
 IDLE_SECONDS = 5
@@ -32,72 +27,19 @@ CHUNK = 1024 * 1024
 
 
 def make_data_root() -> Path:
-    # PostgreSQL runs as `postgres` when we are root: it must be able to enter the directory.
-    root = Path(tempfile.mkdtemp(prefix="gh-grains-", dir="/tmp"))
-    root.chmod(0o711)
-    return root
+    return support.make_data_root("gh-grains-")
 
 
-class Stack:
-    def __init__(self, root: Path, settings: dict[str, str] | None = None) -> None:
-        self.settings = settings or {}
-        self.root = root
-        self.data_dir = root / "var"
-        self.output = root / "up.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._out: IO[bytes] | None = None
-
-    def start(self, timeout: float = 120) -> None:
-        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAINHOUSE_")}
-        env.update(
-            {
-                # The auth service's grain registration is tested with auth; owners here are
-                # made-up ids.
-                "GRAINHOUSE_GRAINMGR_REGISTER_WITH_AUTH": "false",
-                "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": str(IDLE_SECONDS),
-                "GRAINHOUSE_GRAINMGR_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
-                "GRAINHOUSE_GRAINMGR_STOP_GRACE_SECONDS": "3",
-                "GRAINHOUSE_GRAINMGR_GRAIN_VAR_QUOTA_BYTES": str(2 * 1024**3),
-                **self.settings,
-            }
-        )
-        self.proc = subprocess.Popen(
-            [GRAINHOUSE, "up", "--data-dir", str(self.data_dir), "--http-port", "0"],
-            stdout=subprocess.DEVNULL,
-            stderr=self._out,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while "Grainhouse is ready at" not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"grainhouse up did not come up:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.output.read_text(errors="replace") if self.output.exists() else ""
-
-    def status(self) -> dict[str, Any]:
-        proc = subprocess.run(
-            [GRAINHOUSE, "status", "--data-dir", str(self.data_dir), "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        return json.loads(proc.stdout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self._out is not None:
-            self._out.close()
+class Stack(support.Stack):
+    defaults: ClassVar[dict[str, str]] = {
+        # The auth service's grain registration is tested with auth; owners here are
+        # made-up ids.
+        "GRAINHOUSE_GRAINMGR_REGISTER_WITH_AUTH": "false",
+        "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": str(IDLE_SECONDS),
+        "GRAINHOUSE_GRAINMGR_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
+        "GRAINHOUSE_GRAINMGR_STOP_GRACE_SECONDS": "3",
+        "GRAINHOUSE_GRAINMGR_GRAIN_VAR_QUOTA_BYTES": str(2 * 1024**3),
+    }
 
 
 @dataclass

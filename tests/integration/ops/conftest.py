@@ -1,18 +1,14 @@
 """A whole platform (as `grainhouse up` starts it) and a real Prometheus scraping it.
 
-The stack fixture follows tests/integration/platform/conftest.py (copied, not imported,
-so the two test packages stay independent).
+The stack itself is tests/support/stack.py, shared with the other platform test packages.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -24,77 +20,24 @@ from typing import IO, Any
 import pytest
 import yaml
 
-GRAINHOUSE = str(Path(sys.executable).parent / "grainhouse")
+from tests.support import stack as support
+from tests.support.stack import Stack
+
+__all__ = ["Stack"]
+
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 SERVICES = ("auth", "grainmgr", "backup", "frontend")
 
 
 def make_data_root() -> Path:
-    # PostgreSQL runs as `postgres` when we are root: it must be able to enter the tree.
-    root = Path(tempfile.mkdtemp(prefix="gh-ops-", dir="/tmp"))
-    root.chmod(0o711)
-    return root
+    return support.make_data_root("gh-ops-")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data_dir = root / "var"
-        self.output = root / "up.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._out: IO[bytes] | None = None
-
-    def start(self, timeout: float = 120) -> None:
-        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAINHOUSE_")}
-        self.proc = subprocess.Popen(
-            [GRAINHOUSE, "up", "--data-dir", str(self.data_dir), "--http-port", "0"],
-            stdout=subprocess.DEVNULL,
-            stderr=self._out,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while "Grainhouse is ready at" not in self.log():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"grainhouse up exited early:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not ready within {timeout}s:\n{self.log()}")
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.output.read_text(errors="replace") if self.output.exists() else ""
-
-    def status(self) -> dict[str, Any]:
-        proc = subprocess.run(
-            [GRAINHOUSE, "status", "--data-dir", str(self.data_dir), "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        return dict(json.loads(proc.stdout))
-
-    def stop(self) -> None:
-        try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
-        finally:
-            if self._out is not None:
-                self._out.close()
-                self._out = None
 
 
 class Prometheus:

@@ -1,0 +1,1 @@
+"""Shared test helpers (plain modules, not conftests)."""
