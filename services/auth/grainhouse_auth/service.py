@@ -512,7 +512,9 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         not_after = None
         if p.kind == "api_token":
             assert p.token is not None
-            held = set(p.token.scopes)
+            # Scopes are ordered (auth.proto): admin implies write implies read.
+            top = max(tokens.SCOPES.index(s) for s in p.token.scopes)
+            held = set(tokens.SCOPES[: top + 1])
             if not set(scopes) <= held or (not p.is_admin and "admin" in scopes):
                 raise GrainhouseError(Kind.PERMISSION, "a token can only pass on scopes it holds")
             not_after = p.token.expires_at

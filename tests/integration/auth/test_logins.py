@@ -331,6 +331,27 @@ def test_personal_api_tokens_scopes_list_and_revoke(stub) -> None:  # type: igno
         )
     )
     assert code_of(escalate) == SC.PERMISSION_DENIED
+    # Scopes are ordered: a write token may mint a read token (write implies read).
+    writer = stub.CreateApiToken(
+        auth_pb2.CreateApiTokenRequest(
+            caller=user.cred, name="writer", scopes=[auth_pb2.SCOPE_WRITE], ttl_seconds=3600
+        )
+    )
+    narrower = stub.CreateApiToken(
+        auth_pb2.CreateApiTokenRequest(
+            caller=bearer(writer.token_secret),
+            name="r2",
+            scopes=[auth_pb2.SCOPE_READ],
+            ttl_seconds=600,
+        )
+    )
+    assert narrower.token.scopes == [auth_pb2.SCOPE_READ]
+    stub.RevokeApiToken(
+        auth_pb2.RevokeApiTokenRequest(caller=user.cred, token_id=narrower.token.token_id)
+    )
+    stub.RevokeApiToken(
+        auth_pb2.RevokeApiTokenRequest(caller=user.cred, token_id=writer.token.token_id)
+    )
     outlive = lambda: stub.CreateApiToken(  # noqa: E731
         auth_pb2.CreateApiTokenRequest(
             caller=bearer(read.token_secret),
