@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the asyncio health servicer
 
 from grainhouse_common import requestid
-from grainhouse_common.errors import GrainhouseError
+from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_common.metrics import RpcMetrics
 
 log = logging.getLogger("grainhouse.rpc")
@@ -134,6 +134,21 @@ class _EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             handler.request_deserializer,
             handler.response_serializer,
         )
+
+
+async def stream_head(
+    request_iterator: AsyncIterator[Any], part: str, noun: str
+) -> tuple[Any, AsyncIterator[Any]]:
+    """The first message of a client stream, which must set oneof `part` (metadata, options),
+    and the iterator over the rest. INVALID with a readable message otherwise."""
+    stream = aiter(request_iterator)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration as exc:
+        raise GrainhouseError(Kind.INVALID, f"empty {noun} stream") from exc
+    if first.WhichOneof("part") != part:
+        raise GrainhouseError(Kind.INVALID, f"the first message must be {part}")
+    return getattr(first, part), stream
 
 
 def server(metrics: RpcMetrics) -> tuple[grpc.aio.Server, HealthServicer]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from grainhouse_auth import logins, sessions, tokens
 from grainhouse_auth.accounts import Account
 from grainhouse_auth.principals import Principal
 from grainhouse_auth.sharing import GrantView
 from grainhouse_common.errors import GrainhouseError, Kind
+from grainhouse_common.timestamps import timestamp as ts
 from grainhouse_proto import auth_pb2
 
 SCOPE_TO_PB = {
@@ -41,12 +40,6 @@ DENY_TO_PB = {
     "insufficient_scope": auth_pb2.DENY_REASON_INSUFFICIENT_SCOPE,
 }
 DEFAULT_PAGE, MAX_PAGE = 50, 500
-
-
-def ts(value: datetime) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def account(a: Account) -> auth_pb2.Account:

@@ -31,6 +31,7 @@ from grainhouse_backup import archive, metrics, validator
 from grainhouse_backup.storage import LocalStorage, StorageError
 from grainhouse_backup.store import CREATE, QUEUED, RESTORE, BackupRow, Store, TaskRow
 from grainhouse_common import __version__ as platform_version
+from grainhouse_common.timestamps import maybe_timestamp as stamp_of
 from grainhouse_proto import backup_pb2 as bpb
 from grainhouse_proto import grainmgr_pb2 as gpb
 
@@ -524,14 +525,6 @@ async def _import_stream(
             )
         )
     )
-
-
-def stamp_of(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(dt.UTC).replace(tzinfo=None))
-    return ts
 
 
 def task_pb(row: TaskRow) -> bpb.BackupTask:

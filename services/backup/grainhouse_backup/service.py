@@ -20,6 +20,7 @@ from grainhouse_backup import backups, retention, schedules
 from grainhouse_backup.backups import CREATE, RESTORE, Engine, backup_pb, new_id, task_pb
 from grainhouse_backup.storage import StorageError
 from grainhouse_backup.store import ScheduleRow, Store
+from grainhouse_common import rpc
 from grainhouse_common.errors import GrainhouseError, Kind, from_rpc_error
 from grainhouse_proto import backup_pb2 as pb
 from grainhouse_proto import backup_pb2_grpc
@@ -189,14 +190,7 @@ class BackupService(backup_pb2_grpc.BackupServicer):  # type: ignore[misc]
     async def RestoreBackup(
         self, request_iterator: AsyncIterator[pb.RestoreBackupRequest], context: Any
     ) -> pb.BackupTask:
-        stream = aiter(request_iterator)
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration as exc:
-            raise GrainhouseError(Kind.INVALID, "empty restore stream") from exc
-        if first.WhichOneof("part") != "options":
-            raise GrainhouseError(Kind.INVALID, "the first message must be options")
-        options = first.options
+        options, stream = await rpc.stream_head(request_iterator, "options", "restore")
         owner = _owner(options.owner_account_id, False) or ""
         limit = self.engine.config.max_archive_bytes
         if not options.backup_id:

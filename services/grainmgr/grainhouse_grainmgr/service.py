@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from grainhouse_common import rpc
 from grainhouse_common.errors import GrainhouseError, Kind
+from grainhouse_common.timestamps import maybe_timestamp as stamp
 from grainhouse_grainmgr import snapshots
 from grainhouse_grainmgr.authlink import view_info_pb
 from grainhouse_grainmgr.grains import Grains, Snapshots
@@ -44,14 +45,6 @@ DEFAULT_PAGE, MAX_PAGE = 50, 500
 LOG_POLL_SECONDS = 0.2
 MAX_LOG_CHUNK = 64 * 1024
 MAX_BACKLOG = 1024 * 1024
-
-
-def stamp(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    t = Timestamp()
-    t.FromDatetime(value)
-    return t
 
 
 def page(request: Any) -> tuple[int, int]:
@@ -139,14 +132,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
     async def InstallPackage(
         self, request_iterator: AsyncIterator[pb.InstallPackageRequest], context: Any
     ) -> pb.InstallPackageResponse:
-        stream = aiter(request_iterator)
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration as exc:
-            raise GrainhouseError(Kind.INVALID, "empty upload stream") from exc
-        if first.WhichOneof("part") != "metadata":
-            raise GrainhouseError(Kind.INVALID, "the first message must be metadata")
-        meta = first.metadata
+        meta, stream = await rpc.stream_head(request_iterator, "metadata", "upload")
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in stream:
@@ -363,14 +349,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
     async def ImportGrain(
         self, request_iterator: AsyncIterator[pb.ImportGrainRequest], context: Any
     ) -> pb.Grain:
-        stream = aiter(request_iterator)
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration as exc:
-            raise GrainhouseError(Kind.INVALID, "empty import stream") from exc
-        if first.WhichOneof("part") != "options":
-            raise GrainhouseError(Kind.INVALID, "the first message must be options")
-        options = first.options
+        options, stream = await rpc.stream_head(request_iterator, "options", "import")
         if not options.owner_account_id:
             raise GrainhouseError(Kind.INVALID, "options.owner_account_id is required")
         staging = self.snaps.new_import_dir()
