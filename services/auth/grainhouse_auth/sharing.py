@@ -183,17 +183,25 @@ class Sharing:
         )
         return _view(after, gid)
 
-    async def share_link(
-        self, caller: Principal, grain_id: str, role: str, label: str, ttl: int
-    ) -> tuple[str, GrantView]:
+    async def _credential_grant(
+        self,
+        caller: Principal,
+        grain_id: str,
+        role: str,
+        label: str,
+        ttl: int,
+        kind: grains.CredKind,
+    ) -> tuple[str, str, grains.Snapshot]:
+        """A grant held by a new bearer credential (share link or grain API token), chained
+        under the caller's own access; returns (secret, grant id, the grain's state after)."""
         expires = self._expiry(ttl)
         async with self.pool.connection() as conn, conn.transaction():
             _, parent = await self._grant(conn, caller, grain_id, role, None, label, expires)
-            secret, cred_id = await grains.new_credential(conn, "share_link", grain_id)
+            secret, cred_id = await grains.new_credential(conn, kind, grain_id)
             gid = await grains.insert_grant(
                 conn,
                 grain_id,
-                Grantee("share_link", cred_id),
+                Grantee(kind, cred_id),
                 role,
                 caller.account_id,
                 parent,
@@ -202,6 +210,14 @@ class Sharing:
             )
             after = await grains.load(conn, grain_id, _now())
             assert after is not None
+        return secret, gid, after
+
+    async def share_link(
+        self, caller: Principal, grain_id: str, role: str, label: str, ttl: int
+    ) -> tuple[str, GrantView]:
+        secret, gid, after = await self._credential_grant(
+            caller, grain_id, role, label, ttl, "share_link"
+        )
         await self.events.audit(
             "share_link_created", grain_id=grain_id, grant_id=gid, by=caller.account_id, role=role
         )
@@ -212,22 +228,9 @@ class Sharing:
     ) -> tuple[str, GrantView]:
         if not label.strip():
             raise GrainhouseError(Kind.INVALID, "label: required")
-        expires = self._expiry(ttl)
-        async with self.pool.connection() as conn, conn.transaction():
-            _, parent = await self._grant(conn, caller, grain_id, role, None, label, expires)
-            secret, cred_id = await grains.new_credential(conn, "grain_token", grain_id)
-            gid = await grains.insert_grant(
-                conn,
-                grain_id,
-                Grantee("grain_token", cred_id),
-                role,
-                caller.account_id,
-                parent,
-                label,
-                expires,
-            )
-            after = await grains.load(conn, grain_id, _now())
-            assert after is not None
+        secret, gid, after = await self._credential_grant(
+            caller, grain_id, role, label, ttl, "grain_token"
+        )
         await self.events.audit(
             "token_created",
             kind="grain_token",
