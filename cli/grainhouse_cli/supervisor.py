@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import aiohttp
 import grpc
+import psycopg
 
 from grainhouse_cli.datadir import DataDir, DataDirError
 from grainhouse_cli.postgres import DBNAME, EmbeddedPostgres
@@ -79,9 +80,8 @@ class Ports:
     @classmethod
     def plan(cls, http_port: int) -> Ports:
         if http_port == 0:
-            pick = free_port
             http = free_port()
-            nums = iter(pick() for _ in range(10))
+            nums = iter([free_port() for _ in range(10)])
         else:
             http = http_port
             nums = iter(range(http_port + 1, http_port + 11))
@@ -132,10 +132,9 @@ class Supervisor:
     # -- planning -----------------------------------------------------------------------
 
     def _base_env(self, ports: Ports, public_url: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAINHOUSE_")}
         # The operator's own GRAINHOUSE_* settings pass through, but for the ones the
         # supervisor decides itself.
-        env.update({k: v for k, v in os.environ.items() if k.startswith("GRAINHOUSE_")})
+        env = dict(os.environ)
         env.pop("GRAINHOUSE_DATABASE_URL", None)  # the admin URL never reaches a service
         env.update(
             {
@@ -163,11 +162,7 @@ class Supervisor:
         else:
             assert self.external_db
             admin = self.external_db
-            info = dict(
-                item.split("=", 1)
-                for item in __import__("psycopg").conninfo.make_conninfo(admin).split()
-                if "=" in item
-            )
+            info = psycopg.conninfo.conninfo_to_dict(admin)
             host, port = info.get("host", "127.0.0.1"), int(info.get("port", 5432))
         files = {}
         for svc in provision.SERVICES_WITH_DB:
