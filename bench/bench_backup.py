@@ -2,11 +2,12 @@
 
 Runs a whole platform (`grainhouse up`) in a temporary directory, fills one grain's /var with
 10,000 files (half incompressible, half text-like; 1 GiB in all), then measures in one run:
-- ours, backup: CreateBackup until the task SUCCEEDED (grainmgr's consistent snapshot, the
-  export stream over gRPC, the ZIP with per-file SHA-256, the archive written and fsynced);
-- ours, restore: RestoreBackup of the stored backup until SUCCEEDED (copy out of storage, the
-  confined validator reading and hashing every entry, then the import stream to grainmgr,
-  which writes the new grain);
+- ours, backup: CreateBackup until the task SUCCEEDED (grainmgr freezes the grain and streams
+  its /var in place over gRPC, the ZIP with per-file SHA-256, the archive written and fsynced);
+- ours, restore: RestoreBackup of the stored backup until SUCCEEDED (hard link out of storage;
+  one read of the archive by the confined validator, which checks every entry and hands the
+  checked bytes on, pipelined into grainmgr's import, which writes the new grain; the grain
+  is only made once the validator's verdict is in);
 - baseline: `zip -r -q` of the same directory, and `unzip -q` of that zip into a new one.
 Throughput is grain bytes / seconds. Prints one JSON object on stdout. Needs `zip`, `unzip`.
 Usage: python bench/bench_backup.py [--mib 1024] [--files 10000]

@@ -6,13 +6,15 @@ baseline in the same run, reporting ratios against it).
 Never: asserts a timing; benchmarks report, tests assert.
 
 Each script runs in its own process so one benchmark's state (a launcher, a stack) never
-skews another. `--only NAME` runs one (NAME as in bench_NAME.py).
+skews another. `--only NAME` runs one (NAME as in bench_NAME.py); `--quick` asks each script
+for its short path (BENCH_QUICK=1 in its environment; scripts without one ignore it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,10 +27,11 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[])
+    parser.add_argument("--quick", action="store_true", help="short runs (BENCH_QUICK=1)")
     args = parser.parse_args()
     results: dict[str, object] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "benchmarks": {},
     }
     failed = 0
@@ -37,8 +40,9 @@ def main() -> int:
         if args.only and name not in args.only:
             continue
         print(f"bench {name} ...", file=sys.stderr, flush=True)
+        env = {**os.environ, **({"BENCH_QUICK": "1"} if args.quick else {})}
         proc = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, check=False
+            [sys.executable, str(script)], capture_output=True, text=True, check=False, env=env
         )
         try:
             data = json.loads(proc.stdout)

@@ -13,6 +13,7 @@ command -v apparmor_parser >/dev/null || need+=(apparmor)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v zip >/dev/null || need+=(zip)
 command -v unzip >/dev/null || need+=(unzip)
+command -v wrk >/dev/null || need+=(wrk)  # bench/bench_grains.py: HTTP load
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing Debian packages: ${need[*]} (install them as root: apt-get install ${need[*]})" >&2

@@ -21,6 +21,7 @@ import typer
 
 from grainhouse_cli import admin, commands_apps, commands_login, setup_link
 from grainhouse_cli.app_commands import app_cmd
+from grainhouse_cli.commands_backups import backup_app
 from grainhouse_cli.commands_grains import grain_app
 from grainhouse_cli.commands_tokens import token_app
 from grainhouse_cli.datadir import DataDir, DataDirError
@@ -43,6 +44,7 @@ commands_apps.register(app_cmd)
 app.add_typer(app_cmd, name="app", help="Apps: author tools, and install / ls / rm over the API.")
 app.add_typer(grain_app, name="grain")
 app.add_typer(token_app, name="token")
+app.add_typer(backup_app, name="backup")
 commands_login.register(app)  # grainhouse login
 
 DataDirOpt = Annotated[

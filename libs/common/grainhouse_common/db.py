@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from grainhouse_common.metrics import DependencyMetrics
+from grainhouse_common.metrics import DependencyMetrics, watch_db_pool
 
 log = logging.getLogger("grainhouse.db")
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -93,6 +93,8 @@ class Database:
             kwargs={"connect_timeout": 3, "options": f"-c search_path={schema}"},
             check=AsyncConnectionPool.check_connection,
         )
+        if metrics.service:
+            watch_db_pool(metrics.service, self.pool.get_stats)
 
     async def start(self, stop: asyncio.Event) -> bool:
         """Open the pool and migrate, retrying with backoff until done or `stop` is set."""

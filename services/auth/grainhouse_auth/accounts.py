@@ -23,6 +23,7 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 SELECT = """
 SELECT a.account_id, coalesce(a.email, '') AS email, a.display_name, a.preferred_handle,
        a.is_admin, a.disabled, a.created_at, a.last_login_at, a.app_user_id, a.is_dev,
+       a.is_visitor,
        EXISTS (SELECT 1 FROM credentials c
                WHERE c.account_id = a.account_id AND c.kind = 'password') AS has_password,
        EXISTS (SELECT 1 FROM credentials c
@@ -52,6 +53,12 @@ class Account:
     is_dev: bool
     has_password: bool
     totp_enabled: bool
+    is_visitor: bool = False
+
+    @property
+    def can_create_grains(self) -> bool:
+        """Auth's one answer to "may this account create grains" (auth.proto Account)."""
+        return not self.is_visitor and not self.disabled
 
 
 def _from(row: Row) -> Account:
@@ -96,6 +103,7 @@ async def create(
     handle: str = "",
     is_admin: bool = False,
     is_dev: bool = False,
+    is_visitor: bool = False,
     password_hash: str | None = None,
 ) -> Account:
     account_id = credentials.new_id("acc_")
@@ -104,8 +112,8 @@ async def create(
             await run(
                 conn,
                 "INSERT INTO accounts (account_id, email, display_name, preferred_handle,"
-                " is_admin, is_dev) VALUES (%s, %s, %s, %s, %s, %s)",
-                (account_id, email, display_name, handle, is_admin, is_dev),
+                " is_admin, is_dev, is_visitor) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (account_id, email, display_name, handle, is_admin, is_dev, is_visitor),
             )
     except psycopg.errors.UniqueViolation as exc:
         raise EmailTakenError() from exc
@@ -158,7 +166,21 @@ async def mark_login(conn: Conn, account_id: str) -> None:
 
 
 async def make_admin(conn: Conn, account_id: str) -> None:
-    await run(conn, "UPDATE accounts SET is_admin = true WHERE account_id = %s", (account_id,))
+    await run(
+        conn,
+        "UPDATE accounts SET is_admin = true, is_visitor = false WHERE account_id = %s",
+        (account_id,),
+    )
+
+
+async def set_visitor(conn: Conn, account_id: str, is_visitor: bool) -> bool:
+    """Make an account a visitor or a full user; False if the account does not exist."""
+    changed = await run(
+        conn,
+        "UPDATE accounts SET is_visitor = %s WHERE account_id = %s",
+        (is_visitor, account_id),
+    )
+    return changed > 0
 
 
 async def find_dev(conn: Conn, display_name: str) -> Account | None:
@@ -171,8 +193,12 @@ async def find_dev(conn: Conn, display_name: str) -> Account | None:
 
 
 async def set_admin(conn: Conn, account_id: str, is_admin: bool) -> None:
+    # An admin is never a visitor: promotion to admin makes a full user as well.
     await run(
-        conn, "UPDATE accounts SET is_admin = %s WHERE account_id = %s", (is_admin, account_id)
+        conn,
+        "UPDATE accounts SET is_admin = %s, is_visitor = is_visitor AND NOT %s"
+        " WHERE account_id = %s",
+        (is_admin, is_admin, account_id),
     )
 
 

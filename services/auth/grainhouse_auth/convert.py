@@ -52,6 +52,8 @@ def account(a: Account) -> auth_pb2.Account:
         totp_enabled=a.totp_enabled,
         has_password=a.has_password,
         disabled=a.disabled,
+        can_create_grains=a.can_create_grains,
+        is_visitor=a.is_visitor,
     )
     msg.created_at.CopyFrom(ts(a.created_at))
     if a.last_login_at is not None:

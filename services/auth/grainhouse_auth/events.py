@@ -1,7 +1,8 @@
 """What auth tells the rest of the platform on NATS: revocations and audit events.
 
-Owns: the subjects `grainhouse.auth.grant.revoked` (protobuf AccessRevokedEvent) and
-`grainhouse.auth.audit.<event>` (JSON).
+Owns: the subjects `grainhouse.auth.grant.revoked` (the fields of auth.proto's
+AccessRevokedEvent as a JSON object) and `grainhouse.auth.audit.<event>`; both JSON, like every
+event on the bus (grainhouse_common.bus).
 Trusts: the bus to deliver; it flushes revocations so they are on the wire before the RPC that
 caused them answers.
 Never: puts a secret, a password, an email code or a token in an event (ids only).
@@ -16,9 +17,7 @@ from typing import Any
 
 from nats.errors import Error as NatsError
 
-from grainhouse_common import requestid
 from grainhouse_common.bus import Bus
-from grainhouse_proto import auth_pb2
 
 REVOKED_SUBJECT = "grainhouse.auth.grant.revoked"
 AUDIT_PREFIX = "grainhouse.auth.audit."
@@ -37,25 +36,23 @@ class Events:
         credential_ids: Iterable[str] = (),
         account_id: str = "",
     ) -> bool:
-        event = auth_pb2.AccessRevokedEvent(
-            grain_id=grain_id,
-            grant_ids=list(grant_ids),
-            credential_ids=list(credential_ids),
-            account_id=account_id,
-        )
-        if not (event.grant_ids or event.credential_ids or event.account_id or event.grain_id):
+        event: dict[str, Any] = {
+            "grain_id": grain_id,
+            "grant_ids": list(grant_ids),
+            "credential_ids": list(credential_ids),
+            "account_id": account_id,
+        }
+        if not (grain_id or event["grant_ids"] or event["credential_ids"] or account_id):
             return True
-        event.at.FromDatetime(datetime.now(UTC))
+        event["at"] = datetime.now(UTC).isoformat()
         nc = self.bus.nc
         if nc is None:
             log.error("revocation not published: NATS not connected")
             return False
+        if not await self.bus.publish(REVOKED_SUBJECT, event):
+            log.error("revocation publish failed")
+            return False
         try:
-            await nc.publish(
-                REVOKED_SUBJECT,
-                event.SerializeToString(),
-                headers={requestid.HEADER: requestid.ensure()},
-            )
             # On the wire before the RPC answers, so caches drop entries "at once".
             await nc.flush(timeout=2)
             return True

@@ -4,6 +4,11 @@ Owns: the login flows and their rate limits (the order of checks is the security
 Trusts: accounts, sessions, tickets, totp and ratelimit modules for storage.
 Never: tells a stranger whether an email has an account (one answer, same cost for both);
 logs a password, a code or a secret.
+
+Visitors: an email link sent to an address without an account (when `visitor_signup` is on)
+creates, once opened, a *visitor* account: it can open what is shared with it but cannot create
+grains (Account.can_create_grains). Invitations, setup links, OIDC (which needs an invitation)
+and dev logins make full users.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import datetime
 from authlib.common.security import generate_token
 from psycopg_pool import AsyncConnectionPool
 
-from grainhouse_auth import accounts, oidc, passwords, ratelimit, sessions, tickets, totp
+from grainhouse_auth import accounts, metrics, oidc, passwords, ratelimit, sessions, tickets, totp
 from grainhouse_auth.accounts import Account
 from grainhouse_auth.events import Events
 from grainhouse_auth.mailer import Mailer
@@ -64,7 +69,9 @@ class Logins:
         public_url: str,
         email_code_ttl: int,
         oidc_client: oidc.Oidc | None = None,
+        visitor_signup: bool = True,
     ) -> None:
+        self.visitor_signup = visitor_signup
         self.oidc = oidc_client or oidc.Oidc({})
         self.pool = pool
         self.events = events
@@ -156,10 +163,11 @@ class Logins:
         acct_key = ratelimit.account_key("login", email)
         keys = ratelimit.keys(acct_key, ratelimit.address_key("login", client.remote_addr))
         async with self.pool.connection() as conn:
-            await ratelimit.check(conn, keys)
+            await metrics.counted("password", ratelimit.check(conn, keys))
             account = await accounts.by_email(conn, email)
             ok = await accounts.verify_password(conn, account, password)
             if not ok or account is None or account.disabled:
+                metrics.login_failed("password", "disabled" if ok else "bad_credentials")
                 await ratelimit.fail(conn, keys, self.limits)
                 await self.events.audit(
                     "login_failed",
@@ -185,13 +193,14 @@ class Logins:
                 ratelimit.account_key("totp", ticket.account_id),
                 ratelimit.address_key("totp", client.remote_addr),
             )
-            await ratelimit.check(conn, keys)
+            await metrics.counted("totp", ratelimit.check(conn, keys))
             account_id = ticket.account_id
             if recovery:
                 ok = await totp.use_recovery_code(conn, account_id, code)
             else:
                 ok = await totp.verify(conn, account_id, code)
             if not ok:
+                metrics.login_failed("totp", "bad_credentials")
                 await ratelimit.fail(conn, keys, self.limits)
                 await self.events.audit(
                     "login_failed",
@@ -228,14 +237,22 @@ class Logins:
             ratelimit.address_key("email", client.remote_addr),
         )
         async with self.pool.connection() as conn:
-            await ratelimit.check(conn, keys)
+            await metrics.counted("email", ratelimit.check(conn, keys))
             # Every request counts, found or not, so the limit reveals nothing either.
             await ratelimit.fail(conn, keys, _EMAIL_POLICY)
             account = await accounts.by_email(conn, email)
-            if account is None or account.disabled:
+            if account is not None and account.disabled:
                 return
+            if account is None and not self.visitor_signup:
+                return
+            # No account yet: the ticket carries the address; opening the link proves it and
+            # creates a visitor account (finish_email). The answer is the same either way.
             secret, _ = await tickets.issue(
-                conn, "email", self.email_code_ttl, account_id=account.account_id
+                conn,
+                "email",
+                self.email_code_ttl,
+                account_id=None if account is None else account.account_id,
+                email="" if account is not None else email,
             )
         link = f"{link_base_url}?code={secret}"
         await self.mailer.send(
@@ -245,18 +262,46 @@ class Logins:
             "If you did not ask for it, ignore this mail.",
             link,
         )
-        await self.events.audit("email_login_sent", account_id=account.account_id)
+        await self.events.audit(
+            "email_login_sent", account_id="" if account is None else account.account_id
+        )
 
     async def finish_email(self, code: str, client: Client) -> Outcome:
         async with self.pool.connection() as conn:
             ticket = await tickets.consume(conn, "email", code)
-            account = None if ticket is None else await accounts.get(conn, ticket.account_id or "")
+            account = None if ticket is None else await self._email_account(conn, ticket)
             if account is None or account.disabled:
+                metrics.login_failed("email", "bad_credentials" if account is None else "disabled")
                 await self.events.audit(
                     "login_failed", method="email", remote_addr=client.remote_addr
                 )
                 raise GrainhouseError(Kind.UNAUTHENTICATED, "login link unknown, used or expired")
             return await self._second_step_or_open(conn, account, "email", client)
+
+    async def _email_account(self, conn: Conn, ticket: tickets.Ticket) -> Account | None:
+        """The account an email ticket logs in; a new visitor for a sign-up ticket."""
+        if ticket.account_id:
+            return await accounts.get(conn, ticket.account_id)
+        if not ticket.email:
+            return None
+        existing = await accounts.by_email(conn, ticket.email)
+        if existing is not None:  # made meanwhile (invitation, or another link): log that in
+            return existing
+        account = await accounts.create(
+            conn,
+            email=ticket.email,
+            display_name=ticket.email.split("@")[0][:100] or ticket.email,
+            is_visitor=True,
+        )
+        await self.events.audit(
+            "account_created",
+            account_id=account.account_id,
+            via="email",
+            ticket_id=ticket.ticket_id,
+            is_admin=False,
+            is_visitor=True,
+        )
+        return account
 
     # -- development --
 
@@ -341,10 +386,12 @@ class Logins:
             if account_id is not None:
                 account = await accounts.get(conn, account_id)
                 if account is None or account.disabled:
+                    metrics.login_failed("oidc", "disabled")
                     raise GrainhouseError(Kind.UNAUTHENTICATED, "account disabled")
                 return await self._second_step_or_open(conn, account, method, client)
             invitation_id = str(state.data.get("invitation_id") or "")
             if not invitation_id:
+                metrics.login_failed("oidc", "not_allowed")
                 raise GrainhouseError(
                     Kind.PERMISSION, "no account uses this login yet: ask for an invitation"
                 )

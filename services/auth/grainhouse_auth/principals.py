@@ -58,6 +58,28 @@ class Principal:
         return _SCOPE_RANK[self.scope] >= _SCOPE_RANK[needed]
 
 
+# Where the hash of each kind of secret is kept (for `was_issued`); constant table names.
+_ISSUED_IN = {
+    credentials.SESSION: "sessions",
+    credentials.API_TOKEN: "api_tokens",
+    credentials.SHARE_LINK: "grain_credentials",
+    credentials.GRAIN_TOKEN: "grain_credentials",
+}
+
+
+async def was_issued(conn: Conn, secret: str) -> bool:
+    """True if this secret was issued and its row is still kept (ended, expired or revoked):
+    a stale credential, not a guess (ratelimit.guarded counts only guesses)."""
+    table = next((t for p, t in _ISSUED_IN.items() if credentials.plausible(secret, p)), None)
+    if table is None:
+        return False
+    cur = await conn.execute(
+        f"SELECT 1 FROM {table} WHERE secret_hash = %s",  # noqa: S608 - constant table names
+        (credentials.hash_secret(secret),),
+    )
+    return await cur.fetchone() is not None
+
+
 def denied() -> GrainhouseError:
     return GrainhouseError(Kind.UNAUTHENTICATED, "credential unknown, expired or revoked")
 

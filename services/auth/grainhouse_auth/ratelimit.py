@@ -9,14 +9,27 @@ as long as the last (slowed), up to `max_delay`; from `block_after` failures on,
 blocked for `block_seconds` (blocked). A key forgets its failures `block_seconds` after the last
 one; a success clears the account key (never the address key, so one valid account does not
 unlock guessing at others from the same address).
+
+Token guesses (`guarded`): every RPC that resolves a secret presented from outside (bearer
+tokens, share-link secrets, session cookies; the frontend passes the client's address) counts a
+secret that does not resolve and was never issued (no stored row has its hash: a stale but real
+credential, expired, ended or revoked and still kept, is not a guess, so a script retrying with
+an expired token does not lock its neighbours out) against `guess:addr:<address>`, with the
+login numbers. Our
+secrets name no account (256 random bits after a kind prefix), so there is no account key;
+a key per prefix would let one guesser lock every client of that kind out. A correct secret
+from a waiting address is refused too (else it would be no limit), and success counts nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from psycopg_pool import AsyncConnectionPool
 
 from grainhouse_auth.store import Conn, one, run
 from grainhouse_common.errors import GrainhouseError, Kind
@@ -94,6 +107,41 @@ async def fail(conn: Conn, names: Sequence[str], policy: Policy) -> float:
             )
         longest = max(longest, wait)
     return longest
+
+
+T = TypeVar("T")
+GUESS = "guess"
+
+
+async def guarded(
+    pool: AsyncConnectionPool,
+    address: str,
+    policy: Policy,
+    attempt: Callable[[], Awaitable[T]],
+    counts: Collection[Kind] = (Kind.UNAUTHENTICATED,),
+    spare: tuple[type[Exception], ...] = (),
+    stale: Callable[[Conn], Awaitable[bool]] | None = None,
+) -> T:
+    """Run `attempt` (which resolves a secret) under the per-address guess limit.
+
+    OVERLOADED before trying if the address must wait; a failure of a kind in `counts` (and not
+    an instance of `spare`: a real credential refused for another reason) counts one guess and
+    is re-raised. An empty address (an internal caller) is not limited. `stale(conn)` tells
+    whether the refused secret was once issued (then it is not a guess and is not counted).
+    """
+    names = keys(address_key(GUESS, address))
+    if not names:
+        return await attempt()
+    async with pool.connection() as conn:
+        await check(conn, names)
+    try:
+        return await attempt()
+    except GrainhouseError as exc:
+        if exc.kind in counts and not isinstance(exc, spare):
+            async with pool.connection() as conn:  # commits on leaving: the count survives
+                if stale is None or not await stale(conn):
+                    await fail(conn, names, policy)
+        raise
 
 
 async def clear(conn: Conn, name: str) -> None:

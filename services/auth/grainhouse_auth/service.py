@@ -16,8 +16,10 @@ import grpc
 
 from grainhouse_auth import (
     accounts,
+    admin_accounts,
     convert,
     logins,
+    metrics,
     oidc,
     operator_key,
     passwords,
@@ -101,6 +103,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
                 public_url=self.rt.common.public_url,
                 email_code_ttl=self.settings.email_code_ttl_seconds,
                 oidc_client=self.oidc,
+                visitor_signup=self.settings.visitor_signup,
             )
         return self._logins
 
@@ -134,6 +137,19 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         secret = getattr(cred, which) if which else ""
         async with self.pool.connection() as conn:
             return await principals.resolve(conn, which, secret, self.timeouts)
+
+    async def _guarded_caller(self, cred: auth_pb2.Credential, address: str) -> Principal:
+        """`_caller` under the per-address guess limit (ratelimit.guarded)."""
+        which = cred.WhichOneof("secret")
+        secret = getattr(cred, which) if which else ""
+        return await ratelimit.guarded(
+            self.pool,
+            address,
+            self.limits,
+            lambda: self._caller(cred),
+            spare=(principals.AccountDisabledError,),
+            stale=lambda conn: principals.was_issued(conn, secret),
+        )
 
     async def _session_caller(self, cred: auth_pb2.Credential) -> Principal:
         p = await self._caller(cred)
@@ -257,10 +273,21 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     ) -> auth_pb2.GetSessionResponse:
         if not request.session_secret:
             raise GrainhouseError(Kind.UNAUTHENTICATED, sessions.DENIED)
-        async with self.pool.connection() as conn:
-            p = await principals.from_session(
-                conn, request.session_secret, self.timeouts, touch=request.touch
-            )
+
+        async def resolve() -> Principal:
+            async with self.pool.connection() as conn:
+                return await principals.from_session(
+                    conn, request.session_secret, self.timeouts, touch=request.touch
+                )
+
+        p = await ratelimit.guarded(
+            self.pool,
+            request.client_address,
+            self.limits,
+            resolve,
+            spare=(principals.AccountDisabledError,),
+            stale=lambda conn: principals.was_issued(conn, request.session_secret),
+        )
         assert p.session is not None and p.account is not None
         return auth_pb2.GetSessionResponse(
             session=convert.session(p.session),
@@ -493,6 +520,69 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             resp.page.next_page_token = convert.cursor_out(last.created_at, last.account_id)
         return resp
 
+    async def SetAccountDisabled(
+        self, request: auth_pb2.SetAccountDisabledRequest, context: Ctx
+    ) -> auth_pb2.SetAccountDisabledResponse:
+        p = await self._admin_caller(request.caller)
+        done = await admin_accounts.set_disabled(
+            self.pool, self.events, p.account_id, request.account_id, request.disabled
+        )
+        return auth_pb2.SetAccountDisabledResponse(
+            account=convert.account(done.account),
+            sessions_ended=done.sessions_ended,
+            tokens_revoked=done.tokens_revoked,
+        )
+
+    async def SetAccountVisitor(
+        self, request: auth_pb2.SetAccountVisitorRequest, context: Ctx
+    ) -> auth_pb2.SetAccountVisitorResponse:
+        p = await self._admin_caller(request.caller)
+        async with self.pool.connection() as conn, conn.transaction():
+            target = await accounts.get(conn, request.account_id) if request.account_id else None
+            if target is None:
+                raise GrainhouseError(Kind.NOT_FOUND, "account not found")
+            if request.visitor and target.is_admin:
+                raise GrainhouseError(Kind.CONFLICT, "an admin cannot be a visitor")
+            await accounts.set_visitor(conn, target.account_id, request.visitor)
+            account = await accounts.get(conn, target.account_id)
+            assert account is not None
+        if target.is_visitor != request.visitor:
+            await self.events.audit(
+                "account_promoted" if not request.visitor else "account_made_visitor",
+                account_id=account.account_id,
+                by=p.account_id,
+            )
+        return auth_pb2.SetAccountVisitorResponse(account=convert.account(account))
+
+    async def ListInvitations(
+        self, request: auth_pb2.ListInvitationsRequest, context: Ctx
+    ) -> auth_pb2.ListInvitationsResponse:
+        await self._admin_caller(request.caller)
+        size = convert.page_size(request.page.page_size)
+        async with self.pool.connection() as conn:
+            found = await admin_accounts.list_invitations(
+                conn, request.include_closed, convert.cursor_in(request.page.page_token), size + 1
+            )
+        resp = auth_pb2.ListInvitationsResponse(
+            invitations=[admin_accounts.invitation_pb(i) for i in found[:size]]
+        )
+        if len(found) > size:
+            last = found[size - 1]
+            resp.page.next_page_token = convert.cursor_out(last.created_at, last.invitation_id)
+        return resp
+
+    async def RevokeInvitation(
+        self, request: auth_pb2.RevokeInvitationRequest, context: Ctx
+    ) -> auth_pb2.RevokeInvitationResponse:
+        p = await self._admin_caller(request.caller)
+        async with self.pool.connection() as conn:
+            if not await admin_accounts.revoke_invitation(conn, request.invitation_id):
+                raise GrainhouseError(Kind.NOT_FOUND, "invitation not found")
+        await self.events.audit(
+            "invitation_revoked", ticket_id=request.invitation_id, by=p.account_id
+        )
+        return auth_pb2.RevokeInvitationResponse()
+
     # -- personal API tokens --
 
     async def CreateApiToken(
@@ -577,8 +667,21 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def AuthenticateToken(
         self, request: auth_pb2.AuthenticateTokenRequest, context: Ctx
     ) -> auth_pb2.AuthenticateTokenResponse:
-        async with self.pool.connection() as conn:
-            p = await principals.from_bearer(conn, request.bearer_secret)
+
+        async def resolve() -> Principal:
+            async with self.pool.connection() as conn:
+                return await principals.from_bearer(conn, request.bearer_secret)
+
+        p = await metrics.counted(
+            "token",
+            ratelimit.guarded(
+                self.pool,
+                request.client_address,
+                self.limits,
+                resolve,
+                stale=lambda conn: principals.was_issued(conn, request.bearer_secret),
+            ),
+        )
         resp = auth_pb2.AuthenticateTokenResponse(
             principal=convert.principal(p), cache_ttl_seconds=self.settings.authorize_cache_seconds
         )
@@ -622,8 +725,16 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def RedeemShareLink(
         self, request: auth_pb2.RedeemShareLinkRequest, context: Ctx
     ) -> auth_pb2.RedeemShareLinkResponse:
-        p = await self._caller(request.caller)
-        grain_id, view = await self.sharing.redeem_link(p, request.share_link_secret)
+        p = await self._guarded_caller(request.caller, request.client_address)
+        # An unknown or revoked link (NOT_FOUND) is a guess at a share-link secret.
+        grain_id, view = await ratelimit.guarded(
+            self.pool,
+            request.client_address,
+            self.limits,
+            lambda: self.sharing.redeem_link(p, request.share_link_secret),
+            counts=(Kind.NOT_FOUND,),
+            stale=lambda conn: principals.was_issued(conn, request.share_link_secret),
+        )
         resp = auth_pb2.RedeemShareLinkResponse(grain_id=grain_id)
         if view is not None:
             resp.grant.CopyFrom(convert.grant(view))
@@ -646,6 +757,25 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         return auth_pb2.ListAccessResponse(
             owner_account_id=owner, grants=[convert.grant(v) for v in views]
         )
+
+    async def ListSharedGrains(
+        self, request: auth_pb2.ListSharedGrainsRequest, context: Ctx
+    ) -> auth_pb2.ListSharedGrainsResponse:
+        p = await self._caller(request.caller)
+        if p.account is None or not p.has_scope("read"):
+            raise GrainhouseError(Kind.PERMISSION, "only an account has grains shared with it")
+        size = convert.page_size(request.page.page_size)
+        async with self.pool.connection() as conn:
+            found = await admin_accounts.shared_with(
+                conn, p.account_id, convert.cursor_in(request.page.page_token), size + 1
+            )
+        resp = auth_pb2.ListSharedGrainsResponse(
+            grains=[admin_accounts.shared_pb(g) for g in found[:size]]
+        )
+        if len(found) > size:
+            last = found[size - 1]
+            resp.page.next_page_token = convert.cursor_out(last.cursor_at, last.grain_id)
+        return resp
 
     async def RevokeGrant(
         self, request: auth_pb2.RevokeGrantRequest, context: Ctx
@@ -680,7 +810,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             raise GrainhouseError(Kind.INVALID, "credential and grain_id are required")
         ttl = self.settings.authorize_cache_seconds
         try:
-            p = await self._caller(request.credential)
+            p = await self._guarded_caller(request.credential, request.client_address)
         except principals.AccountDisabledError:
             return auth_pb2.AuthorizeResponse(
                 deny_reason=auth_pb2.DENY_REASON_ACCOUNT_DISABLED, cache_ttl_seconds=ttl

@@ -53,6 +53,27 @@ class AuthSettings(ServiceSettings):
         1.0, gt=0, description="First backoff after the free failures; doubles each time."
     )
     login_max_delay_seconds: int = Field(300, gt=0, description="Longest backoff before a block.")
+    visitor_signup: bool = Field(
+        True,
+        description="An email login link to an address without an account creates a visitor "
+        "account (opens what is shared with it, creates no grains); false: no account, no link.",
+    )
+    housekeeping_interval_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How often expired sessions, tickets, tokens, share links and old "
+        "rate-limit rows are deleted (first run shortly after start).",
+    )
+    housekeeping_grace_seconds: int = Field(
+        7 * 86400,
+        ge=0,
+        description="Ended or expired sessions, expired or revoked API tokens, share links, grain "
+        "tokens, setup links and invitations are kept this long before housekeeping deletes them "
+        "(a stale credential still known is refused without counting as a guess).",
+    )
+    housekeeping_batch_rows: int = Field(
+        1000, gt=0, description="Rows housekeeping deletes per statement (bounded batches)."
+    )
     smtp_host: str = Field("", description="SMTP server for login links; empty: no mail.")
     smtp_port: int = Field(587, gt=0, lt=65536, description="SMTP port.")
     smtp_username: str = Field("", description="SMTP login; empty: no authentication.")

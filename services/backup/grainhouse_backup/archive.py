@@ -296,15 +296,20 @@ class ArchiveWriter:
         return meta
 
 
-def read_metadata(zf: zipfile.ZipFile) -> Metadata:
-    """The metadata entry of an open archive (size-capped before it is read)."""
+def read_metadata_raw(zf: zipfile.ZipFile) -> bytes:
+    """The metadata entry's bytes (size-capped before it is read)."""
     try:
         info = zf.getinfo(METADATA_NAME)
     except KeyError as exc:
         raise MetadataError(f"the archive has no {METADATA_NAME}") from exc
     if info.file_size > MAX_METADATA_BYTES:
         raise MetadataError("the metadata entry is too large")
-    return parse_metadata(zf.read(info))
+    return zf.read(info)
+
+
+def read_metadata(zf: zipfile.ZipFile) -> Metadata:
+    """The metadata entry of an open archive (size-capped before it is read)."""
+    return parse_metadata(read_metadata_raw(zf))
 
 
 def iter_content(zf: zipfile.ZipFile, record: FileRecord) -> Iterator[bytes]:

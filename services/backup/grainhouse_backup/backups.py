@@ -3,10 +3,11 @@
 Owns: the two long flows (export -> archive -> storage; upload -> validator -> import), the
 task rows they update, and the metrics and events of their outcomes.
 Trusts: grainmgr's ExportGrain stream to be a consistent snapshot (its contract); the
-validator's verdict (run in its own confined process) before an archive is read here.
+validator (its own confined process) to be the only reader of an uploaded archive: this
+process never parses one, it forwards what the validator checked and hands on.
 Never: imports grainmgr code (gRPC only); holds an archive whole in memory or in a second
 temporary copy; keeps a partial archive or leaves a partial grain (ImportGrain is all or
-nothing, and we only call it after validation).
+nothing, and its trailer is sent only after the validator's final verdict said ok).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import logging
 import secrets
 import shutil
 import time
-import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -390,24 +390,52 @@ class Engine:
     async def _restore(
         self, task: TaskRow, upload: Path, options: bpb.RestoreOptions, work: Path
     ) -> str:
+        """Read the archive once: the confined validator checks it and hands its content on,
+        which streams into grainmgr's import while it is checked. The import's trailer (which
+        alone makes the grain) goes only after the validator's final verdict said ok; any
+        refusal, crash or timeout cancels the import, so no grain and no staging remain."""
         empty = work / "empty"
         empty.mkdir(exist_ok=True)
-        verdict = await validator.validate_file(
-            str(upload), self.config.limits, str(empty), self.config.validator_timeout
-        )
-        if not verdict.ok:
+        checked = await validator.Checked.start(str(upload), self.config.limits, str(empty))
+        try:
+            async with asyncio.timeout(self.config.validator_timeout):
+                return await self._validate_and_import(checked, task, options)
+        except TimeoutError as exc:
             raise TaskFailure(
-                f"archive refused: {verdict.message}", refusal=verdict.reason, entry=verdict.entry
-            )
-        with zipfile.ZipFile(upload) as zf:
-            meta = archive.read_metadata(zf)
-            await self._check_app(meta.header)
-            title = options.title or (meta.header.title or "Untitled") + " (restored)"
-            request = _import_stream(zf, meta, options, title, task, self.store)
-            try:
-                grain = await self.grainmgr.ImportGrain(request)
-            except grpc.RpcError as exc:
-                raise _import_failure(exc) from exc
+                "archive refused: the archive took too long to check",
+                refusal=validator.TRUNCATED_OR_CORRUPT,
+            ) from exc
+        finally:
+            await checked.close()
+
+    async def _validate_and_import(
+        self, checked: validator.Checked, task: TaskRow, options: bpb.RestoreOptions
+    ) -> str:
+        raw = await checked.metadata()
+        if isinstance(raw, validator.Verdict):
+            raise _refusal(raw)
+        try:
+            meta = archive.parse_metadata(raw)
+        except archive.MetadataError as exc:  # the validator accepted it: not ours to judge
+            raise TaskFailure("archive refused: bad metadata", refusal="BAD_METADATA") from exc
+        del raw
+        await self._check_app(meta.header)
+        title = options.title or (meta.header.title or "Untitled") + " (restored)"
+        refused: list[TaskFailure] = []
+        call = self.grainmgr.ImportGrain(
+            _import_requests(checked, meta, options, title, task, self.store, refused)
+        )
+        try:
+            grain = await call
+        except grpc.RpcError as exc:
+            if refused:  # the stream ended without its trailer: grainmgr made nothing
+                raise refused[0] from exc
+            raise _import_failure(exc) from exc
+        except BaseException:
+            call.cancel()  # grainmgr drops its staging directory: no partial grain
+            raise
+        if refused:  # unreachable (no trailer, no grain); never report a refused one as made
+            raise refused[0]
         return str(grain.grain_id)
 
     async def _check_app(self, header: archive.GrainHeader) -> None:
@@ -459,20 +487,33 @@ def _parse_time(text: str) -> Timestamp | None:
         return None
 
 
-async def _import_stream(
-    zf: zipfile.ZipFile,
+def _refusal(verdict: validator.Verdict) -> TaskFailure:
+    return TaskFailure(
+        f"archive refused: {verdict.message}", refusal=verdict.reason, entry=verdict.entry
+    )
+
+
+async def _import_requests(
+    checked: validator.Checked,
     meta: archive.Metadata,
     options: bpb.RestoreOptions,
     title: str,
     task: TaskRow,
     store: Store,
+    refused: list[TaskFailure],
 ) -> AsyncIterator[gpb.ImportGrainRequest]:
+    """ImportGrain's request stream: every entry and its content as the validator hands it
+    on, then the trailer — only if the validator's final verdict is ok. On a refusal it
+    records the reason in `refused` and ends without a trailer, which grainmgr refuses."""
     h = meta.header
     yield gpb.ImportGrainRequest(
         options=gpb.ImportGrainOptions(
             owner_account_id=options.owner_account_id,
             title=title,
             acting_account_id=options.acting_account_id,
+            # The validator checks every file's SHA-256 before the trailer goes: grainmgr
+            # need not hash the stream again (nor we for it).
+            content_verified=True,
         )
     )
     grain = gpb.Grain(
@@ -492,7 +533,6 @@ async def _import_stream(
     if (snap := _parse_time(h.snapshot_at)) is not None:
         header.snapshot_at.CopyFrom(snap)
     yield gpb.ImportGrainRequest(archive=gpb.GrainArchivePart(header=header))
-    digest = hashlib.sha256()
     total = 0
     last_report = time.monotonic()
     for record in meta.files:
@@ -508,21 +548,28 @@ async def _import_stream(
                 )
             )
         )
-        if record.type != archive.REGULAR or record.size == 0:
+        if record.type != archive.REGULAR:
             continue
-        chunks: Iterator[bytes] = archive.iter_content(zf, record)
-        while chunk := await asyncio.to_thread(next, chunks, b""):
-            digest.update(chunk)
+        left = record.size
+        while left > 0:
+            chunk = await checked.data(left)
+            if isinstance(chunk, validator.Verdict):
+                refused.append(_refusal(chunk))
+                return
+            left -= len(chunk)
             total += len(chunk)
             yield gpb.ImportGrainRequest(archive=gpb.GrainArchivePart(data=chunk))
         if time.monotonic() - last_report > 2:
             last_report = time.monotonic()
             await store.progress(task.task_id, total, 0)
+    verdict = await checked.verdict()
+    if not verdict.ok:
+        refused.append(_refusal(verdict))
+        return
+    # Only now can grainmgr make the grain: every byte it holds was checked.
     yield gpb.ImportGrainRequest(
         archive=gpb.GrainArchivePart(
-            trailer=gpb.GrainArchiveTrailer(
-                file_count=len(meta.files), total_bytes=total, data_sha256=digest.hexdigest()
-            )
+            trailer=gpb.GrainArchiveTrailer(file_count=len(meta.files), total_bytes=total)
         )
     )
 

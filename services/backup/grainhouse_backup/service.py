@@ -284,7 +284,17 @@ class BackupService(backup_pb2_grpc.BackupServicer):  # type: ignore[misc]
     ) -> pb.ListSchedulesResponse:
         owner = _owner(request.owner_account_id, request.all_owners)
         offset, size = _page(request.page)
-        rows = await self.store.list_schedules(owner, request.grain_id, offset, size + 1)
+        grain_owner = ""
+        if request.grain_id:
+            # As CreateSchedule: a grain filter names a grain the caller owns; another
+            # owner's grain is NOT_FOUND, exactly like one that does not exist.
+            grain = await self._grain(request.grain_id)
+            if owner is not None and grain.owner_account_id != owner:
+                raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
+            grain_owner = grain.owner_account_id
+        rows = await self.store.list_schedules(
+            owner, request.grain_id, grain_owner, offset, size + 1
+        )
         return pb.ListSchedulesResponse(
             schedules=[schedule_pb(r) for r in rows[:size]], page=_next(offset, size, len(rows))
         )

@@ -257,13 +257,15 @@ class Store:
         return ScheduleRow(**row) if row else None
 
     async def list_schedules(
-        self, owner: str | None, grain_id: str, offset: int, limit: int
+        self, owner: str | None, grain_id: str, grain_owner: str, offset: int, limit: int
     ) -> list[ScheduleRow]:
+        """Schedules of `owner` (None: all); with `grain_id`, only those covering that grain:
+        its own, and the account-wide ones of `grain_owner` (the grain's owner)."""
         rows = await self._all(
             "SELECT * FROM schedules WHERE (%s::text IS NULL OR owner_id = %s)"
-            " AND (%s = '' OR grain_id = %s OR account_scope IS NOT NULL)"
+            " AND (%s = '' OR grain_id = %s OR account_scope = %s)"
             " ORDER BY created_at, schedule_id OFFSET %s LIMIT %s",
-            (owner, owner, grain_id, grain_id, offset, limit),
+            (owner, owner, grain_id, grain_id, grain_owner, offset, limit),
         )
         return [ScheduleRow(**r) for r in rows]
 

@@ -5,7 +5,8 @@ per `ArchiveRefusalReason` in backup.proto), and the confinement of the process 
 them.
 Trusts: nothing in the archive. Its parent (the backup service) for the limits on argv.
 Never: writes a file, opens a network socket, follows an entry name onto the filesystem, or
-extracts anything: entries are read as streams and thrown away after hashing.
+extracts anything: entries are read as streams, hashed, and either thrown away or (stream
+mode) handed to the parent through stdout.
 
 Run as `python -m grainhouse_backup.validator --limits JSON` with the archive open read-only
 on stdin (a regular file, so the central directory can be read) and the verdict written to
@@ -14,6 +15,17 @@ namespaces (no network at all), chroot into an empty directory when it can, no n
 privileges, and rlimits on address space, CPU, file size and open files. The parent never
 forks itself (gRPC threads): it starts this as a fresh interpreter.
 
+Stream mode (`--stream`, used by restores; `Checked` is the parent's side): the archive is
+read once. stdout carries frames (`kind` byte, 4-byte big-endian length, payload): `M` the
+metadata entry, sent only once every check that needs no content passed (names, types,
+structure, sizes, metadata, the file list against the entries); then `D` frames, the content
+of each listed regular file in list order (at most CHUNK bytes each, never spanning two
+files), each checked (size, inflation, CRC) before it is sent; finally one `V`, the verdict
+(JSON). A file's SHA-256 is only known after its last `D`, so the parent must treat content
+as unvalidated until `V` says ok: a restore streams it into grainmgr's import (a staging
+directory) and sends the import's trailer, which alone creates the grain, only then. A
+refusal, a crash or a timeout cancels the import: no grain, nothing left.
+
 `check_archive` is the pure rule set, also called directly by unit tests.
 """
 
@@ -21,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
+import fcntl
 import hashlib
 import itertools
 import json
@@ -31,12 +45,13 @@ import posixpath
 import re
 import resource
 import stat
+import struct
 import sys
 import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from grainhouse_backup import archive
 
@@ -180,10 +195,19 @@ def _symlink_escapes(path: str, target: str) -> bool:
     return resolved == ".." or resolved.startswith("../")
 
 
-def check_archive(fileobj: IO[bytes], limits: Limits) -> Verdict:
-    """Apply every rule; refuse on the first broken one."""
+class Sink(Protocol):
+    """Where stream mode sends what it read (see the module docstring)."""
+
+    def metadata(self, raw: bytes) -> None: ...
+
+    def data(self, chunk: bytes) -> None: ...
+
+
+def check_archive(fileobj: IO[bytes], limits: Limits, sink: Sink | None = None) -> Verdict:
+    """Apply every rule; refuse on the first broken one. With a sink, also hand it the
+    metadata (once the checks before content passed) and every regular file's content."""
     try:
-        return _check(fileobj, limits)
+        return _check(fileobj, limits, sink)
     except Refusal as r:
         return Verdict(False, r.reason, r.message, r.entry)
 
@@ -195,7 +219,7 @@ def _open(fileobj: IO[bytes]) -> zipfile.ZipFile:
         raise Refusal(TRUNCATED_OR_CORRUPT, "not a ZIP archive, or cut short") from exc
 
 
-def _check(fileobj: IO[bytes], limits: Limits) -> Verdict:
+def _check(fileobj: IO[bytes], limits: Limits, sink: Sink | None) -> Verdict:
     fileobj.seek(0, os.SEEK_END)
     archive_size = fileobj.tell()
     fileobj.seek(0)
@@ -254,7 +278,8 @@ def _check(fileobj: IO[bytes], limits: Limits) -> Verdict:
             parent = posixpath.dirname(parent)
 
     try:
-        meta = archive.read_metadata(zf)
+        raw_meta = archive.read_metadata_raw(zf)
+        meta = archive.parse_metadata(raw_meta)
     except archive.MetadataError as exc:
         raise Refusal(BAD_METADATA, str(exc)) from exc
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
@@ -291,6 +316,9 @@ def _check(fileobj: IO[bytes], limits: Limits) -> Verdict:
             "a file is not in the checksum list",
             shown(archive.DATA_PREFIX + min(unlisted)),
         )
+    if sink is not None:
+        sink.metadata(raw_meta)
+        del raw_meta
 
     total = 0
     for path, record in listed.items():
@@ -315,6 +343,8 @@ def _check(fileobj: IO[bytes], limits: Limits) -> Verdict:
             if total > limits.max_total_bytes:
                 raise Refusal(SIZE_BOMB, "the archive expands past the limit", shown(name))
             digest.update(chunk)
+            if sink is not None:
+                sink.data(chunk)
         if digest.hexdigest() != record.sha256:
             raise Refusal(
                 CHECKSUM_MISMATCH, "an entry's content does not match its checksum", shown(name)
@@ -437,21 +467,140 @@ async def validate_file(path: str, limits: Limits, empty_dir: str, timeout: floa
         return Verdict(False, TRUNCATED_OR_CORRUPT, "the archive could not be checked")
 
 
+# ---- stream mode ----------------------------------------------------------------------------
+
+FRAME = struct.Struct(">cI")  # kind, payload length
+METADATA_FRAME, DATA_FRAME, VERDICT_FRAME = b"M", b"D", b"V"
+PIPE_BUFFER = 4 * archive.CHUNK
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux)
+PIPE_SIZE = 1024 * 1024  # the default /proc/sys/fs/pipe-max-size
+
+
+class FrameSink:
+    """The validator's side of stream mode: frames on a binary stdout."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+
+    def _frame(self, kind: bytes, payload: bytes) -> None:
+        self.out.write(FRAME.pack(kind, len(payload)))
+        self.out.write(payload)
+
+    def metadata(self, raw: bytes) -> None:
+        self._frame(METADATA_FRAME, raw)
+
+    def data(self, chunk: bytes) -> None:
+        self._frame(DATA_FRAME, chunk)
+
+    def verdict(self, doc: dict[str, Any]) -> None:
+        self._frame(VERDICT_FRAME, json.dumps(doc).encode())
+        self.out.flush()
+
+
+class Checked:
+    """The parent's side of stream mode: one running validator and its frames.
+
+    Usage: `start`, then `metadata()` (raw metadata, or the refusal), then `data(n)` for each
+    listed regular file in order, then `verdict()`; `close()` always (kills a validator still
+    running). Anything unexpected from the child (a crash, a cut stream, a frame out of
+    place) is a refusal, never an acceptance.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.refusal: Verdict | None = None
+
+    @classmethod
+    async def start(cls, path: str, limits: Limits, empty_dir: str) -> Checked:
+        with open(path, "rb") as source:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-m", "grainhouse_backup.validator", "--stream",
+                "--limits", json.dumps(asdict(limits)), "--empty-dir", empty_dir,
+                stdin=source, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL, limit=PIPE_BUFFER,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
+            )  # fmt: skip
+        return cls(proc)
+
+    async def _frame(self) -> tuple[bytes, bytes]:
+        assert self.proc.stdout is not None
+        try:
+            head = await self.proc.stdout.readexactly(FRAME.size)
+            kind, size = FRAME.unpack(head)
+            return kind, await self.proc.stdout.readexactly(size)
+        except (asyncio.IncompleteReadError, struct.error):
+            await self.proc.wait()
+            log.warning("validator died (exit %s)", self.proc.returncode)
+            return VERDICT_FRAME, b""
+
+    def _refused(self, payload: bytes) -> Verdict:
+        try:
+            doc = json.loads(payload)
+            doc["confinement"] = tuple(doc.get("confinement", ()))
+            verdict = Verdict(**doc)
+        except (ValueError, TypeError):
+            verdict = Verdict(False, TRUNCATED_OR_CORRUPT, "the archive could not be checked")
+        if verdict.ok:  # an acceptance before the content went by is not one
+            verdict = Verdict(False, TRUNCATED_OR_CORRUPT, "the archive could not be checked")
+        return verdict
+
+    async def metadata(self) -> bytes | Verdict:
+        """The metadata entry's bytes once the checks before content passed, or the refusal."""
+        kind, payload = await self._frame()
+        if kind == METADATA_FRAME:
+            return payload
+        return self._refused(payload)
+
+    async def data(self, most: int) -> bytes | Verdict:
+        """The next piece (at most `most` bytes) of the current file, or the refusal."""
+        kind, payload = await self._frame()
+        if kind == DATA_FRAME and 0 < len(payload) <= most:
+            return payload
+        return self._refused(payload if kind == VERDICT_FRAME else b"")
+
+    async def verdict(self) -> Verdict:
+        """The final verdict, once every listed file's content went by."""
+        kind, payload = await self._frame()
+        if kind != VERDICT_FRAME:
+            return self._refused(b"")
+        try:
+            doc = json.loads(payload)
+            doc["confinement"] = tuple(doc.get("confinement", ()))
+            return Verdict(**doc)
+        except (ValueError, TypeError):
+            return Verdict(False, TRUNCATED_OR_CORRUPT, "the archive could not be checked")
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grainhouse_backup.validator")
     parser.add_argument("--limits", default="{}")
     parser.add_argument("--empty-dir", default=None)
+    parser.add_argument("--stream", action="store_true")
     args = parser.parse_args(argv)
     limits = Limits(**json.loads(args.limits))
     out = sys.stdout
     applied = confine(limits, args.empty_dir)
     source = os.fdopen(0, "rb", buffering=0)
+    sink = None
+    if args.stream:
+        with contextlib.suppress(OSError):  # fewer, larger hand-overs to the parent
+            fcntl.fcntl(1, F_SETPIPE_SZ, PIPE_SIZE)
+        sink = FrameSink(os.fdopen(1, "wb", buffering=PIPE_BUFFER))
     try:
-        verdict = check_archive(source, limits)
+        verdict = check_archive(source, limits, sink)
     except MemoryError:
         verdict = Verdict(False, SIZE_BOMB, "the archive needs too much memory to check")
     doc: dict[str, Any] = asdict(verdict)
     doc["confinement"] = list(applied)
+    if sink is not None:
+        sink.verdict(doc)
+        return 0
     out.write(json.dumps(doc))
     out.flush()
     return 0

@@ -16,7 +16,7 @@ from grainhouse_frontend.origins import Origins
 from grainhouse_frontend.pages import Ui, UiDeps
 from grainhouse_frontend.settings import FrontendSettings
 from grainhouse_frontend.web_session import CookieNames, Sessions
-from grainhouse_proto import auth_pb2_grpc, grainmgr_pb2_grpc
+from grainhouse_proto import auth_pb2_grpc, backup_pb2_grpc, grainmgr_pb2_grpc
 
 
 class _Server(uvicorn.Server):
@@ -54,7 +54,9 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
     origins = Origins(common.wildcard_host)
     store = kvstore.SwitchableStore()
     all_peers = {**peers, "backup": common.backup_addr}
-    deps = api.Deps(ident, grainmgr, all_peers, auth, origins, public_url, store)
+    backup_channel = rpc.channel(common.backup_addr)
+    backup = backup_pb2_grpc.BackupStub(backup_channel)
+    deps = api.Deps(ident, grainmgr, all_peers, auth, origins, public_url, store, backup)
     names = CookieNames.for_url(public_url)
     ui = Ui(
         UiDeps(
@@ -66,6 +68,7 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
             common.wildcard_host,
             [p.strip() for p in own.oidc_providers.split(",") if p.strip()],
             all_peers,
+            backup,
         )
     )
     grains = GrainProxy(origins, auth, grainmgr, public_url, names.all())
@@ -73,7 +76,7 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
     async def connect_bus() -> None:
         if await rt.bus.connect(rt.stop):
             assert rt.bus.nc is not None
-            await rt.bus.nc.subscribe(revocations.SUBJECT, cb=revocations.handler(ident, origins))
+            await rt.bus.subscribe(revocations.SUBJECT, revocations.handler(ident, origins))
             shared = await kvstore.NatsStore.open(rt.bus.nc)
             if shared is not None:
                 store.inner = shared
@@ -105,6 +108,7 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
     await rt.bus.close()
     await auth_channel.close()
     await grainmgr_channel.close()
+    await backup_channel.close()
     listener.close()
     rt.log.info("stopped")
     return 0 if server.started else 1

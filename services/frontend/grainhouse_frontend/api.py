@@ -44,6 +44,8 @@ class ApiRoute:
     query: tuple[str, ...] = ()
     idempotent: bool = False  # honours Idempotency-Key
     raw_body: bool = False  # application/octet-stream upload
+    media_type: str = "application/json"  # of 2xx answers
+    upload_types: tuple[str, ...] = ("application/octet-stream",)  # raw_body media types
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Deps:
     origins: Origins | None = None
     public_url: str = "http://localhost:6080"
     store: Store = field(default_factory=SwitchableStore)
+    backup: Any = None  # backup_pb2_grpc.BackupStub
 
     @property
     def tasks(self) -> Tasks:
@@ -89,7 +92,8 @@ def _base_routes(deps: Deps) -> list[ApiRoute]:
             {"200": "The caller", "401": "No or bad token"},
             {"type": "object", "properties": {
                 "account_id": {"type": "string"}, "credential_id": {"type": "string"},
-                "scope": {"enum": ["read", "write", "admin"]}, "is_admin": {"type": "boolean"}}},
+                "scope": {"enum": ["read", "write", "admin"]}, "is_admin": {"type": "boolean"},
+                "can_create_grains": {"type": "boolean"}}},
         ),
         ApiRoute(
             "/api/v1/admin/status", "GET", "Health of every platform service", "admin",
@@ -103,13 +107,14 @@ def _base_routes(deps: Deps) -> list[ApiRoute]:
 
 
 def build_routes(deps: Deps) -> tuple[list[Route], list[ApiRoute]]:
-    from grainhouse_frontend import rest_account, rest_apps, rest_grains
+    from grainhouse_frontend import rest_account, rest_apps, rest_backups, rest_grains
 
     api = (
         _base_routes(deps)
         + rest_apps.routes(deps)
         + rest_grains.routes(deps)
         + rest_account.routes(deps)
+        + rest_backups.routes(deps)
     )
 
     def guard(route: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
@@ -165,6 +170,10 @@ _QUERY = {
     "q": {"type": "string", "maxLength": 200},
     "force": {"type": "boolean"},
     "trashed": {"enum": ["exclude", "include", "only"]},
+    "scope": {"enum": ["owned", "shared"]},
+    "all": {"type": "boolean"},
+    "grain_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,80}$"},
+    "title": {"type": "string", "maxLength": 200},
 }
 
 
@@ -175,7 +184,7 @@ def openapi(api: list[ApiRoute]) -> dict[str, Any]:
         responses: dict[str, Any] = {}
         for code, text in r.responses.items():
             if code.startswith("2") and code != "204":
-                content = {"application/json": {"schema": r.schema or OBJ}}
+                content = {r.media_type: {"schema": r.schema or OBJ}}
                 responses[code] = {"description": text, "content": content}
             elif code == "204":
                 responses[code] = {"description": text}
@@ -214,11 +223,11 @@ def openapi(api: list[ApiRoute]) -> dict[str, Any]:
                 "content": {"application/json": {"schema": r.body}},
             }
         if r.raw_body:
+            binary = {"schema": {"type": "string", "format": "binary"}}
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                    "format": "binary"}}},
-            }  # fmt: skip
+                "content": {t: binary for t in r.upload_types},
+            }
         if r.scope:
             op["security"] = [{"bearer": []}]
             op["x-grainhouse-scope"] = r.scope

@@ -1,11 +1,15 @@
 """Grain traffic: HTTP on `ui-<id>` and `api` hosts, authorized, cleaned and relayed to the grain.
 
+WebSockets take the same door (origin, authorization, header rules here) and then go to
+grain_websocket.py for the frames.
+
 Owns: the rules of what crosses into a grain (which request headers, which identity headers) and
 what comes back (a platform CSP with `frame-ancestors`, no referrer); the pool of relay streams.
 Trusts: auth.Authorize for every decision (cached no longer than auth says, dropped on
 revocation events); grainmgr's relay tickets.
 Never: forwards a platform cookie, an `Authorization` header or a client-sent `X-Sandstorm-*`
-header to a grain; accepts a non-GET request carrying a foreign `Origin`; uses httpx on this
+header to a grain; accepts a non-GET request (or any WebSocket handshake) carrying a foreign
+`Origin`; uses httpx on this
 path (ARCHITECTURE §3: a byte stream and h11, nothing heavier).
 """
 
@@ -22,15 +26,24 @@ from urllib.parse import quote
 
 import grpc
 import h11
+import wsproto.utilities
 from starlette.types import Receive, Scope, Send
 
+from grainhouse_frontend.grain_websocket import GrainWebSocket
 from grainhouse_frontend.origins import Decision, Origin, Origins
 from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2, grainmgr_pb2_grpc
 
 log = logging.getLogger("grainhouse.frontend.grain")
 HANDSHAKE_TIMEOUT = 30.0
 READ_TIMEOUT = 300.0
-POOL_PER_ORIGIN = 4
+# Idle streams kept per origin. Every request that finds the pool empty costs a gRPC
+# OpenStream, a relay handshake and new connections in the bridge and the app (≈1 ms of CPU
+# across the processes, measured by bench/bench_grains.py), so the pool must cover a client's
+# usual concurrency (browsers open 6 per host, API clients more); the bridge takes 256 streams.
+POOL_PER_ORIGIN = 64
+# A pooled stream counts as traffic for grainmgr (an open stream keeps a grain running), so
+# idle ones are closed well before grainmgr's idle stop (90 s by default).
+POOL_IDLE_SECONDS = 20.0
 # Hop-by-hop headers (RFC 9110 §7.6.1) end at this proxy, in both directions.
 HOP_BY_HOP = {
     b"connection",
@@ -47,6 +60,8 @@ HOP_BY_HOP = {
 STRIPPED_REQUEST = HOP_BY_HOP | {b"authorization", b"host", b"forwarded", b"x-forwarded-for"}
 STRIPPED_RESPONSE = HOP_BY_HOP | {b"x-frame-options", b"referrer-policy"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Not an HTTP method: a WebSocket handshake is checked for its Origin like any unsafe request.
+WEBSOCKET = "WEBSOCKET"
 DENY_STATUS = {
     auth_pb2.DENY_REASON_UNAUTHENTICATED: 401,
     auth_pb2.DENY_REASON_UNKNOWN_GRAIN: 404,
@@ -71,6 +86,7 @@ class _Stream:
         self.reader = reader
         self.writer = writer
         self.conn = h11.Connection(h11.CLIENT)
+        self.idle_since = time.monotonic()
 
     async def send(self, event: Any) -> None:
         data = self.conn.send(event)
@@ -83,7 +99,9 @@ class _Stream:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            data = await asyncio.wait_for(self.reader.read(65536), READ_TIMEOUT)
+            # asyncio.timeout, not wait_for: no extra task per read on the hot path.
+            async with asyncio.timeout(READ_TIMEOUT):
+                data = await self.reader.read(65536)
             self.conn.receive_data(data)
 
     def reusable(self) -> bool:
@@ -152,6 +170,7 @@ class GrainProxy:
         self.scheme = public_url.split("://", 1)[0]
         self.cookie_names = cookie_names
         self._pool: dict[str, list[_Stream]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.csp = (
             "default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:; "
             "base-uri 'self'; form-action 'self'; object-src 'none'; "
@@ -161,10 +180,12 @@ class GrainProxy:
     # -- ASGI -----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
-            # TODO(someday): WebSockets through the relay (the relay itself carries upgrades).
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         host = headers.get(b"host", b"").decode("latin-1")
@@ -172,7 +193,7 @@ class GrainProxy:
         try:
             if kind is None:
                 raise Denied(404, "unknown host")
-            origin = await self._origin(kind, headers, host)
+            origin = await self._origin(kind, headers, host, (scope.get("client") or ("",))[0])
             self._check_origin_header(scope["method"], headers, host, kind[0])
             decision = await self._decide(origin)
             await self._forward(origin, decision, scope, receive, send, host)
@@ -181,6 +202,45 @@ class GrainProxy:
         except (TimeoutError, ConnectionError, OSError, h11.ProtocolError) as exc:
             log.warning("grain relay failed: %s", type(exc).__name__)
             await self._plain(send, 502, "the grain did not answer", False)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = GrainWebSocket(self, scope, receive, send)
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        host = headers.get(b"host", b"").decode("latin-1")
+        kind = self.origins.host_kind(host)
+        try:
+            if kind is None:
+                raise Denied(404, "unknown host")
+            self._check_origin_header(WEBSOCKET, headers, host, kind[0])
+            origin = await self._origin(kind, headers, host, (scope.get("client") or ("",))[0])
+            decision = await self._decide(origin)
+            origin.user_agent = headers.get(b"user-agent", b"").decode("latin-1")[:256]
+            await conn.run(origin, decision, host)
+        except Denied as exc:
+            await conn.refuse(exc.status, exc.message)
+        except (
+            TimeoutError,
+            ConnectionError,
+            OSError,
+            h11.ProtocolError,
+            wsproto.utilities.ProtocolError,
+        ) as exc:
+            log.warning("grain websocket relay failed: %s", type(exc).__name__)
+            if not conn.accepted:
+                with contextlib.suppress(Exception):
+                    await conn.refuse(502, "the grain did not answer")
+
+    async def still_allowed(self, origin: Origin) -> bool:
+        """Whether an open connection through `origin` may go on (auth's answer, cached)."""
+        if origin.session_type != "api" and self.origins.get(origin.origin_id) is None:
+            return False
+        try:
+            await self._decide(origin)
+        except Denied as exc:
+            return exc.status == 503  # auth unreachable: keep what is open, refuse new ones
+        return True
 
     async def _plain(self, send: Send, status: int, message: str, api: bool) -> None:
         body = f"{message}\n".encode()
@@ -199,7 +259,7 @@ class GrainProxy:
     # -- who and what ---------------------------------------------------------------------
 
     async def _origin(
-        self, kind: tuple[str, str], headers: dict[bytes, bytes], host: str
+        self, kind: tuple[str, str], headers: dict[bytes, bytes], host: str, client: str = ""
     ) -> Origin:
         what, oid = kind
         if what == "ui":
@@ -216,7 +276,8 @@ class GrainProxy:
             return origin
         try:
             reply = await self.auth.AuthenticateToken(
-                auth_pb2.AuthenticateTokenRequest(bearer_secret=token), timeout=5
+                auth_pb2.AuthenticateTokenRequest(bearer_secret=token, client_address=client),
+                timeout=5,
             )
         except grpc.aio.AioRpcError as exc:
             raise Denied(401, "invalid or expired token") from exc
@@ -269,13 +330,15 @@ class GrainProxy:
 
     # -- the relay ------------------------------------------------------------------------
 
-    async def _open_stream(self, origin: Origin, decision: Decision) -> _Stream:
+    async def _open_stream(
+        self, origin: Origin, decision: Decision, fresh: bool = False
+    ) -> _Stream:
         if origin.grainmgr_session and tuple(decision.permissions) != origin.session_permissions:
             # The role changed (narrowed or widened): a new grainmgr session carries it.
             origin.grainmgr_session = ""
             for stale in self._pool.pop(origin.origin_id, []):
                 stale.close()
-        pool = self._pool.get(origin.origin_id)
+        pool = None if fresh else self._pool.get(origin.origin_id)
         while pool:
             stream = pool.pop()
             if not stream.writer.is_closing() and not stream.reader.at_eof():
@@ -425,17 +488,22 @@ class GrainProxy:
         finally:
             pool = self._pool.setdefault(origin.origin_id, [])
             if ok and len(pool) < POOL_PER_ORIGIN:
+                stream.idle_since = time.monotonic()
                 pool.append(stream)
             else:
                 stream.close()
 
-    def _response_headers(self, raw: Any) -> list[tuple[bytes, bytes]]:
-        # The grain's own CSP stays (both apply); ours adds frame-ancestors and the walls.
-        out = [
+    def allowed_response_headers(self, raw: Any) -> list[tuple[bytes, bytes]]:
+        """A grain's response headers minus what ends here (hop-by-hop, framing policy)."""
+        return [
             (bytes(k).lower(), bytes(v))
             for k, v in raw
             if bytes(k).lower() not in STRIPPED_RESPONSE
         ]
+
+    def _response_headers(self, raw: Any) -> list[tuple[bytes, bytes]]:
+        # The grain's own CSP stays (both apply); ours adds frame-ancestors and the walls.
+        out = self.allowed_response_headers(raw)
         out += [
             (b"content-security-policy", self.csp.encode()),
             (b"referrer-policy", b"no-referrer"),
@@ -443,7 +511,24 @@ class GrainProxy:
         ]
         return out
 
+    async def _sweep(self) -> None:
+        """Close pooled streams idle for POOL_IDLE_SECONDS, so idle grains can stop."""
+        while True:
+            await asyncio.sleep(POOL_IDLE_SECONDS / 4)
+            limit = time.monotonic() - POOL_IDLE_SECONDS
+            for origin_id, pool in list(self._pool.items()):
+                keep = [s for s in pool if s.idle_since > limit]
+                for stale in pool:
+                    if stale.idle_since <= limit:
+                        stale.close()
+                if keep:
+                    pool[:] = keep
+                else:
+                    del self._pool[origin_id]
+
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for pool in self._pool.values():
             for stream in pool:
                 stream.close()

@@ -4,11 +4,19 @@ Owns: the frontend's short-lived cache of auth's answers, keyed by a hash of the
 (never the secret), and its invalidation on auth's revocation events.
 Trusts: auth's AuthenticateToken answers; nothing the client says about itself.
 Never: judges a credential itself, stores a secret, or forwards one anywhere but to auth.
+
+Guess limits are auth's (auth.proto client_address): every AuthenticateToken call carries the
+client's address, and an address that auth makes wait gets 429 with Retry-After. Because a
+cached answer never reaches auth, the frontend also remembers for how long auth said an address
+must wait and refuses that address's requests itself until then, cached token or not (so a
+guesser's stolen-but-valid token gets no way around the block).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +28,7 @@ from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_proto import auth_pb2, auth_pb2_grpc
 
 MAX_CACHE = 10_000
+_WAIT = re.compile(r"try again in (\d{1,6}) s")
 _SCOPE_NAMES = {
     auth_pb2.SCOPE_READ: "read",
     auth_pb2.SCOPE_WRITE: "write",
@@ -34,6 +43,8 @@ class Caller:
     scope: str
     is_admin: bool
     secret: str  # kept only for the life of the request, to pass on to auth
+    # Auth's answer (Account.can_create_grains): false for visitors and grain API tokens.
+    can_create_grains: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -41,7 +52,27 @@ class Caller:
             "credential_id": self.credential_id,
             "scope": self.scope,
             "is_admin": self.is_admin,
+            "can_create_grains": self.can_create_grains,
         }
+
+    def with_secret(self, secret: str) -> Caller:
+        return Caller(
+            self.account_id,
+            self.credential_id,
+            self.scope,
+            self.is_admin,
+            secret,
+            self.can_create_grains,
+        )
+
+    def require_grain_creation(self) -> None:
+        """PERMISSION unless auth said this account may create grains (not a visitor)."""
+        if not self.can_create_grains:
+            raise GrainhouseError(
+                Kind.PERMISSION,
+                "this account may open what is shared with it but cannot create grains: "
+                "ask an admin for an invitation",
+            )
 
 
 class Identity:
@@ -49,6 +80,29 @@ class Identity:
         self.auth = auth
         # hash of secret -> (expires_at monotonic, caller without the secret)
         self._cache: dict[bytes, tuple[float, Caller]] = {}
+        # client address -> monotonic time until which auth refuses it (guess limits)
+        self._waiting: dict[str, float] = {}
+
+    def _refuse_if_waiting(self, address: str, now: float) -> None:
+        until = self._waiting.get(address)
+        if until is None:
+            return
+        if until <= now:
+            del self._waiting[address]
+            return
+        raise GrainhouseError(
+            Kind.OVERLOADED, f"too many attempts: try again in {math.ceil(until - now)} s"
+        )
+
+    def _remember_wait(self, address: str, details: str, now: float) -> None:
+        found = _WAIT.search(details)
+        if not address or found is None:
+            return
+        if len(self._waiting) >= MAX_CACHE:
+            self._waiting = {a: t for a, t in self._waiting.items() if t > now}
+            if len(self._waiting) >= MAX_CACHE:
+                return  # auth still refuses them; this is only the cached-token shortcut
+        self._waiting[address] = now + int(found.group(1))
 
     def forget_credentials(self, credential_ids: set[str]) -> int:
         """Drop cached answers for revoked credentials (called on auth's NATS event)."""
@@ -72,25 +126,36 @@ class Identity:
         key = hashlib.sha256(secret.encode()).digest()
         hit = self._cache.get(key)
         now = time.monotonic()
+        address = client_address(request)
+        self._refuse_if_waiting(address, now)
         if hit is not None and hit[0] > now:
-            cached = hit[1]
-            return Caller(
-                cached.account_id, cached.credential_id, cached.scope, cached.is_admin, secret
-            )
+            return hit[1].with_secret(secret)
         try:
             reply = await self.auth.AuthenticateToken(
-                auth_pb2.AuthenticateTokenRequest(bearer_secret=secret), timeout=5
+                auth_pb2.AuthenticateTokenRequest(bearer_secret=secret, client_address=address),
+                timeout=5,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                 raise GrainhouseError(Kind.UNAUTHENTICATED, "invalid or expired token") from None
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self._remember_wait(address, exc.details() or "", now)
             raise
         p = reply.principal
         caller = Caller(
-            p.account_id, p.credential_id, _SCOPE_NAMES.get(p.scope, "none"), p.is_admin, ""
+            p.account_id,
+            p.credential_id,
+            _SCOPE_NAMES.get(p.scope, "none"),
+            p.is_admin,
+            "",
+            reply.HasField("account") and reply.account.can_create_grains,
         )
         if reply.cache_ttl_seconds and len(self._cache) < MAX_CACHE:
             self._cache[key] = (now + min(reply.cache_ttl_seconds, 60), caller)
-        return Caller(
-            caller.account_id, caller.credential_id, caller.scope, caller.is_admin, secret
-        )
+        return caller.with_secret(secret)
+
+
+def client_address(request: Request) -> str:
+    """The client's address for auth's guess limits (auth.proto client_address)."""
+    # TODO(security): honour X-Forwarded-For only from configured trusted proxies.
+    return request.client.host if request.client else ""

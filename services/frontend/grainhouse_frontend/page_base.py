@@ -79,6 +79,7 @@ class UiDeps:
     wildcard_host: str
     oidc_providers: list[str]
     peers: dict[str, str]
+    backup: Any = None  # backup_pb2_grpc.BackupStub (backup pages)
 
 
 class UiBase:

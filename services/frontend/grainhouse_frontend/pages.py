@@ -13,13 +13,14 @@ from starlette.staticfiles import StaticFiles
 
 from grainhouse_frontend.page_base import HERE, UiDeps, safe_next
 from grainhouse_frontend.pages_account import AccountPages
+from grainhouse_frontend.pages_backups import BackupPages
 from grainhouse_frontend.pages_grains import GrainPages, grant_view, install_stream
 from grainhouse_frontend.pages_signin import SignInPages
 
 __all__ = ["Ui", "UiDeps", "grant_view", "install_stream", "safe_next"]
 
 
-class Ui(SignInPages, GrainPages, AccountPages):
+class Ui(SignInPages, GrainPages, BackupPages, AccountPages):
     # -- routes ---------------------------------------------------------------------------
 
     def routes(self) -> list[BaseRoute]:
@@ -41,7 +42,11 @@ class Ui(SignInPages, GrainPages, AccountPages):
             Route("/grain/{grain_id}/share", self.share, methods=["GET", "POST"]),
             Route("/grain/{grain_id}/share/{grant_id}/revoke", self.share_revoke, methods=["POST"]),
             Route("/grain/{grain_id}/log", self.grain_log, methods=["GET"]),
-            Route("/grain/{grain_id}/backup", self.grain_backup, methods=["GET"]),
+            Route("/grain/{grain_id}/backup", self.grain_backup, methods=["GET", "POST"]),
+            Route("/backups", self.backups, methods=["GET"]),
+            Route("/backups/restore", self.backup_restore, methods=["POST"]),
+            Route("/backups/{backup_id}/download", self.backup_download, methods=["GET"]),
+            Route("/backups/{backup_id}/delete", self.backup_delete, methods=["POST"]),
             Route("/grain/{grain_id}/{op}", self.grain_op, methods=["POST"]),
             Route("/shared/{secret}", self.shared, methods=["GET"]),
             Route("/account", self.account, methods=["GET"]),
@@ -50,6 +55,12 @@ class Ui(SignInPages, GrainPages, AccountPages):
             Route("/account/tokens/{token_id}/revoke", self.token_revoke, methods=["POST"]),
             Route("/admin", self.admin, methods=["GET"]),
             Route("/admin/invite", self.admin_invite, methods=["POST"]),
+            Route("/admin/users/{account_id}/{op}", self.admin_user, methods=["POST"]),
+            Route(
+                "/admin/invitations/{invitation_id}/revoke",
+                self.admin_invitation_revoke,
+                methods=["POST"],
+            ),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return r

@@ -184,10 +184,26 @@ class AccountPages(UiBase):
             n[0] += 1
             n[1] += g.size_bytes
         acc = [
-            {"display_name": a.display_name, "email": a.email, "is_admin": a.is_admin,
+            {"account_id": a.account_id, "display_name": a.display_name, "email": a.email,
+             "is_admin": a.is_admin, "disabled": a.disabled,
+             "is_self": a.account_id == user.account_id,
              "grains": per_user.get(a.account_id, [0, 0])[0],
              "size": human_size(per_user.get(a.account_id, [0, 0])[1])}
             for a in accounts.accounts
+            if a.email  # the built-in operator account (no email) is no person to manage
+        ]  # fmt: skip
+        invitations = await self.d.auth.ListInvitations(
+            auth_pb2.ListInvitationsRequest(
+                caller=user.credential(), page=common_pb2.PageRequest(page_size=200)
+            ),
+            timeout=10,
+        )
+        invs = [
+            {"invitation_id": i.invitation_id, "email": i.email or "anyone with the link",
+             "admin": i.grants_admin, "created": when(i.created_at),
+             "expires": when(i.expires_at),
+             "by": names.get(i.created_by, i.created_by)}
+            for i in invitations.invitations
         ]  # fmt: skip
         gs = [
             {"title": g.title, "app_title": g.app_title, "size": human_size(g.size_bytes),
@@ -205,6 +221,7 @@ class AccountPages(UiBase):
             user,
             services=services,
             accounts=acc,
+            invitations=invs,
             grains=gs,
             apps=ap,
             section="admin",
@@ -230,3 +247,47 @@ class AccountPages(UiBase):
         except grpc.aio.AioRpcError as exc:
             return self.fail(request, user, exc)
         return await self._admin_page(request, user, invite_url=made.url)
+
+    async def admin_user(self, request: Request) -> Response:
+        """Disable or enable an account (POST /admin/users/{account_id}/{op})."""
+        user = await self.need_user(request)
+        if not isinstance(user, WebUser):
+            return user
+        await self.post_form(request, user)
+        op = request.path_params["op"]
+        if op not in ("disable", "enable"):
+            return self.message(request, user, "Not found", "No such action.", 404)
+        try:
+            done = await self.d.auth.SetAccountDisabled(
+                auth_pb2.SetAccountDisabledRequest(
+                    caller=user.credential(),
+                    account_id=request.path_params["account_id"],
+                    disabled=op == "disable",
+                ),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return self.fail(request, user, exc)
+        name = done.account.display_name
+        verb = (
+            "disabled: its sessions and API tokens were revoked"
+            if done.account.disabled
+            else "enabled"
+        )
+        return await self._admin_page(request, user, notice=f"{name} is {verb}.")
+
+    async def admin_invitation_revoke(self, request: Request) -> Response:
+        user = await self.need_user(request)
+        if not isinstance(user, WebUser):
+            return user
+        await self.post_form(request, user)
+        try:
+            await self.d.auth.RevokeInvitation(
+                auth_pb2.RevokeInvitationRequest(
+                    caller=user.credential(), invitation_id=request.path_params["invitation_id"]
+                ),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return self.fail(request, user, exc)
+        return RedirectResponse("/admin?done=revoked", status_code=303)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind, from_rpc_error
+from grainhouse_frontend.identity import client_address
 from grainhouse_frontend.origins import Origin, new_origin_id
 from grainhouse_frontend.page_base import (
     CHUNK,
@@ -37,10 +38,13 @@ class GrainPages(UiBase):
         if not isinstance(user, WebUser):
             return user
         trash = request.query_params.get("view") == "trash"
+        shared = request.query_params.get("view") == "shared"
         q = request.query_params.get("q", "").strip()
         sort = request.query_params.get("sort", "recent")
         rows: list[Any] = []
         token = ""
+        if shared:
+            return await self._shared_page(request, user, q, sort)
         # TODO(perf): grainmgr could search and sort; until then one user's list is read whole.
         for _ in range(20):
             reply = await self.d.grainmgr.ListGrains(
@@ -82,6 +86,63 @@ class GrainPages(UiBase):
             sort=sort,
             section="grains",
             title="Trash" if trash else "Grains",
+        )
+
+    async def _shared_page(self, request: Request, user: WebUser, q: str, sort: str) -> Response:
+        """ "Shared with me": auth knows which grains and the role; grainmgr the rest."""
+        found: list[auth_pb2.SharedGrain] = []
+        token = ""
+        for _ in range(20):
+            reply = await self.d.auth.ListSharedGrains(
+                auth_pb2.ListSharedGrainsRequest(
+                    caller=user.credential(),
+                    page=common_pb2.PageRequest(page_size=500, page_token=token),
+                ),
+                timeout=10,
+            )
+            found += list(reply.grains)
+            token = reply.page.next_page_token
+            if not token:
+                break
+        rows: list[tuple[auth_pb2.SharedGrain, grainmgr_pb2.Grain]] = []
+        for s in found:
+            try:
+                g = await self.d.grainmgr.GetGrain(
+                    grainmgr_pb2.GetGrainRequest(grain_id=s.grain_id), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    continue  # deleted since auth answered
+                raise
+            if g.state == grainmgr_pb2.GRAIN_STATE_TRASHED:
+                continue  # the owner put it away; it comes back with a restore
+            rows.append((s, g))
+        if q:
+            rows = [r for r in rows if q.lower() in (r[1].title + " " + r[1].app_title).lower()]
+        if sort == "title":
+            rows.sort(key=lambda r: r[1].title.lower())
+        elif sort == "created":
+            rows.sort(key=lambda r: r[1].created_at.seconds, reverse=True)
+        elif sort == "size":
+            rows.sort(key=lambda r: r[1].size_bytes, reverse=True)
+        grains = [
+            {"grain_id": g.grain_id, "title": g.title, "app_title": g.app_title,
+             "size": human_size(g.size_bytes), "state": STATE_NAMES.get(g.state, "?"),
+             "role": s.role, "owner": s.owner_display_name,
+             "used": "Shared " + when(s.shared_at)}
+            for s, g in rows
+        ]  # fmt: skip
+        return self.render(
+            request,
+            "grains.html",
+            user,
+            grains=grains,
+            trash=False,
+            shared=True,
+            q=q,
+            sort=sort,
+            section="grains",
+            title="Shared with me",
         )
 
     async def apps(self, request: Request) -> Response:
@@ -139,6 +200,15 @@ class GrainPages(UiBase):
         if not isinstance(user, WebUser):
             return user
         form = await self.post_form(request, user)
+        if not user.can_create_grains:  # auth's decision (a visitor: no invitation)
+            return self.message(
+                request,
+                user,
+                "Not allowed",
+                "Visitors open what is shared with them but cannot create grains: "
+                "ask an admin for an invitation.",
+                403,
+            )
         try:
             grain = await self.d.grainmgr.CreateGrain(
                 grainmgr_pb2.CreateGrainRequest(
@@ -220,7 +290,9 @@ class GrainPages(UiBase):
             if user is not None:
                 reply = await self.d.auth.RedeemShareLink(
                     auth_pb2.RedeemShareLinkRequest(
-                        caller=user.credential(), share_link_secret=secret
+                        caller=user.credential(),
+                        share_link_secret=secret,
+                        client_address=client_address(request),
                     ),
                     timeout=10,
                 )
@@ -228,7 +300,10 @@ class GrainPages(UiBase):
             # An anonymous visitor acts through the link itself, bound to its one grain.
             credential = auth_pb2.Credential(share_link_secret=secret)
             probe = await self.d.auth.Authorize(
-                auth_pb2.AuthorizeRequest(credential=credential, grain_id="-"), timeout=5
+                auth_pb2.AuthorizeRequest(
+                    credential=credential, grain_id="-", client_address=client_address(request)
+                ),
+                timeout=5,
             )
             grain_id = probe.principal.grain_id
             if not grain_id:
@@ -249,8 +324,10 @@ class GrainPages(UiBase):
         user = await self.need_user(request)
         if not isinstance(user, WebUser):
             return user
-        await self.post_form(request, user)
+        form = await self.post_form(request, user)
         grain_id, op = request.path_params["grain_id"], request.path_params["op"]
+        if op == "rename":
+            return await self._rename(request, user, grain_id, form.get("title", ""))
         gm = self.d.grainmgr
         calls: dict[str, tuple[Any, Any, str]] = {
             "trash": (gm.TrashGrain, grainmgr_pb2.TrashGrainRequest, "/?done=trashed"),
@@ -271,6 +348,23 @@ class GrainPages(UiBase):
         except (grpc.aio.AioRpcError, GrainhouseError) as exc:
             return self.fail(request, user, exc)
         return RedirectResponse(target, status_code=303)
+
+    async def _rename(self, request: Request, user: WebUser, grain_id: str, title: str) -> Response:
+        """The owner changes the grain's title (the grain view's title form)."""
+        title = title.strip()
+        try:
+            if not 1 <= len(title) <= 200:
+                raise GrainhouseError(Kind.INVALID, "A title has 1 to 200 characters.")
+            await self._owned_grain(user, grain_id)
+            await self.d.grainmgr.UpdateGrain(
+                grainmgr_pb2.UpdateGrainRequest(
+                    grain_id=grain_id, title=title, acting_account_id=user.account_id
+                ),
+                timeout=10,
+            )
+        except (grpc.aio.AioRpcError, GrainhouseError) as exc:
+            return self.fail(request, user, exc)
+        return RedirectResponse(f"/grain/{grain_id}", status_code=303)
 
     async def grain_log(self, request: Request) -> Response:
         user = await self.need_user(request)
@@ -295,21 +389,6 @@ class GrainPages(UiBase):
             grain=grain,
             text=data.decode("utf-8", "replace"),
             title="Log",
-        )
-
-    async def grain_backup(self, request: Request) -> Response:
-        user = await self.need_user(request)
-        if not isinstance(user, WebUser):
-            return user
-        return self.message(
-            request,
-            user,
-            "Backups",
-            "Backups from the web UI arrive with the backup service's "
-            "REST routes; use `grainhouse backup create` meanwhile.",
-            501,
-            link=f"/grain/{request.path_params['grain_id']}",
-            link_text="Back to the grain",
         )
 
     # -- sharing ------------------------------------------------------------------------------

@@ -160,7 +160,10 @@ class SignInPages(UiBase):
         try:
             reply = await self.d.auth.StartOidcLogin(
                 auth_pb2.StartOidcLoginRequest(
-                    provider=provider, redirect_uri=self._oidc_redirect(provider)
+                    provider=provider,
+                    redirect_uri=self._oidc_redirect(provider),
+                    # From an invitation page: auth creates the account on finish.
+                    invitation_secret=request.query_params.get("invite", "")[:200],
                 ),
                 timeout=10,
             )
@@ -221,7 +224,9 @@ class SignInPages(UiBase):
             else "You were invited to this Grainhouse server."
         )
         ctx: dict[str, Any] = {"heading": heading, "intro": intro, "action": f"/{kind}/{secret}",
-               "button": "Create account", "title": heading}  # fmt: skip
+               "button": "Create account", "title": heading,
+               "oidc_providers": self.d.oidc_providers if kind == "invite" else [],
+               "invite_secret": secret}  # fmt: skip
         if request.method == "GET":
             return self.render(request, "signup.html", None, form={}, **ctx)
         form = await self.post_form(request, None)

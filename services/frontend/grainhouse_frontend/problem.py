@@ -8,6 +8,7 @@ Never: shows a stack trace, a foreign exception's text or a secret to a client.
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 from starlette.exceptions import HTTPException
@@ -20,6 +21,7 @@ from grainhouse_common.errors import GrainhouseError, Kind, from_rpc_error
 log = logging.getLogger("grainhouse.frontend.problem")
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://grainhouse.invalid/problems/"  # stable identifiers, not fetched
+_RETRY_IN = re.compile(r"try again in (\d{1,6}) s")
 
 _TITLES = {
     400: "Bad request",
@@ -52,6 +54,10 @@ def problem(status: int, detail: str, kind: str | None = None) -> JSONResponse:
     if rid:
         body["request_id"] = rid
     headers = {"WWW-Authenticate": 'Bearer realm="grainhouse"'} if status == 401 else None
+    if status == 429:
+        # Auth's rate limits say "try again in N s" (ratelimit.check); RFC 9110 Retry-After.
+        wait = _RETRY_IN.search(detail)
+        headers = {"Retry-After": wait.group(1) if wait else "1"}
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 

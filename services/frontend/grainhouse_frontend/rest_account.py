@@ -1,23 +1,27 @@
 """REST resources for the caller's API tokens, and for admins: users and invitations.
 
-Owns: /api/v1/tokens…, /api/v1/admin/users, /api/v1/admin/invitations.
+Owns: /api/v1/tokens…, /api/v1/admin/users…, /api/v1/admin/invitations….
 Trusts: auth for every rule about tokens (scopes, expiry, who may see whom).
 Never: shows a token secret except in the answer that creates it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_frontend.identity import Caller
+from grainhouse_frontend.problem import problem
 from grainhouse_frontend.rest_io import (
     SCOPE_VALUE,
     created,
+    etag_of,
     field,
+    if_match_ok,
     iso,
     json_body,
     page_params,
@@ -32,6 +36,44 @@ TOKEN_SCHEMA = {"type": "object", "properties": {
     "id": {"type": "string"}, "name": {"type": "string"},
     "scopes": {"type": "array", "items": {"type": "string"}},
     "expires_at": {"type": ["string", "null"]}}}  # fmt: skip
+USER_SCHEMA = {"type": "object", "required": ["id", "disabled"], "properties": {
+    "id": {"type": "string"}, "email": {"type": "string"}, "display_name": {"type": "string"},
+    "is_admin": {"type": "boolean"}, "totp_enabled": {"type": "boolean"},
+    "disabled": {"type": "boolean"}, "created_at": {"type": ["string", "null"]},
+    "last_login_at": {"type": ["string", "null"]}}}  # fmt: skip
+INVITATION_SCHEMA = {"type": "object", "required": ["id", "state"], "properties": {
+    "id": {"type": "string"}, "email": {"type": "string"}, "admin": {"type": "boolean"},
+    "created_by": {"type": "string"}, "created_at": {"type": ["string", "null"]},
+    "expires_at": {"type": ["string", "null"]}, "used_at": {"type": ["string", "null"]},
+    "state": {"enum": ["open", "used", "expired"]}}}  # fmt: skip
+# Accounts are found by id by paging through ListAccounts (auth has no GetAccount); this bounds
+# the scan. TODO(perf): an id filter on ListAccounts.
+_MAX_USER_PAGES = 40
+
+
+def user_json(a: auth_pb2.Account) -> dict[str, Any]:
+    return {"id": a.account_id, "email": a.email, "display_name": a.display_name,
+            "is_admin": a.is_admin, "totp_enabled": a.totp_enabled, "disabled": a.disabled,
+            "created_at": iso(a.created_at), "last_login_at": iso(a.last_login_at)}  # fmt: skip
+
+
+def user_etag(doc: dict[str, Any]) -> str:
+    # A login moves last_login_at; that is no edit of the resource an admin changes.
+    return etag_of({k: v for k, v in doc.items() if k != "last_login_at"})
+
+
+def invitation_json(i: auth_pb2.Invitation, now: float) -> dict[str, Any]:
+    if i.HasField("used_at"):
+        state = "used"
+    elif i.expires_at.seconds <= now:
+        state = "expired"
+    else:
+        state = "open"
+    return {"id": i.invitation_id, "email": i.email, "admin": i.grants_admin,
+            "created_by": i.created_by, "created_at": iso(i.created_at),
+            "expires_at": iso(i.expires_at),
+            "used_at": iso(i.used_at) if i.HasField("used_at") else None,
+            "state": state}  # fmt: skip
 
 
 def routes(deps: Deps) -> list[ApiRoute]:
@@ -91,13 +133,73 @@ def routes(deps: Deps) -> list[ApiRoute]:
             ),
             timeout=10,
         )  # fmt: skip
-        items = [
-            {"id": a.account_id, "email": a.email, "display_name": a.display_name,
-             "is_admin": a.is_admin, "totp_enabled": a.totp_enabled, "disabled": a.disabled,
-             "created_at": iso(a.created_at), "last_login_at": iso(a.last_login_at)}
-            for a in reply.accounts
-        ]  # fmt: skip
+        items = [user_json(a) for a in reply.accounts]
         return JSONResponse({"items": items, "next_cursor": reply.page.next_page_token or None})
+
+    async def find_user(caller: Caller, account_id: str) -> auth_pb2.Account:
+        assert deps.auth is not None
+        token = ""
+        for _ in range(_MAX_USER_PAGES):
+            reply = await deps.auth.ListAccounts(
+                auth_pb2.ListAccountsRequest(
+                    caller=cred(caller), page=common_pb2.PageRequest(page_size=500,
+                                                                     page_token=token)),
+                timeout=10,
+            )  # fmt: skip
+            for a in reply.accounts:
+                if a.account_id == account_id:
+                    return a
+            token = reply.page.next_page_token
+            if not token:
+                break
+        raise GrainhouseError(Kind.NOT_FOUND, "no such account")
+
+    async def get_user(request: Request, caller: Caller) -> Response:
+        doc = user_json(await find_user(caller, request.path_params["account_id"]))
+        return JSONResponse(doc, headers={"ETag": user_etag(doc)})
+
+    async def patch_user(request: Request, caller: Caller) -> Response:
+        assert deps.auth is not None
+        account_id = request.path_params["account_id"]
+        body = await json_body(request)
+        current = user_json(await find_user(caller, account_id))
+        if not if_match_ok(request, user_etag(current)):
+            return problem(412, "the account changed since you read it (If-Match)")
+        if "disabled" not in body:
+            return JSONResponse(current, headers={"ETag": user_etag(current)})
+        reply = await deps.auth.SetAccountDisabled(
+            auth_pb2.SetAccountDisabledRequest(
+                caller=cred(caller), account_id=account_id,
+                disabled=field(body, "disabled", bool),
+            ),
+            timeout=10,
+        )  # fmt: skip
+        doc = user_json(reply.account)
+        return JSONResponse(doc, headers={"ETag": user_etag(doc)})
+
+    async def invitations(request: Request, caller: Caller) -> Response:
+        assert deps.auth is not None
+        limit, cursor = page_params(request)
+        reply = await deps.auth.ListInvitations(
+            auth_pb2.ListInvitationsRequest(
+                caller=cred(caller), include_closed=request.query_params.get("all") == "true",
+                page=common_pb2.PageRequest(page_size=limit, page_token=cursor),
+            ),
+            timeout=10,
+        )  # fmt: skip
+        now = time.time()
+        return JSONResponse({"items": [invitation_json(i, now) for i in reply.invitations],
+                             "next_cursor": reply.page.next_page_token or None})  # fmt: skip
+
+    async def revoke_invitation(request: Request, caller: Caller) -> Response:
+        assert deps.auth is not None
+        await deps.auth.RevokeInvitation(
+            auth_pb2.RevokeInvitationRequest(
+                caller=cred(caller), invitation_id=request.path_params["invitation_id"]
+            ),
+            timeout=10,
+        )
+        return Response(status_code=204)
 
     async def invite(request: Request, caller: Caller) -> Response:
         assert deps.auth is not None
@@ -136,7 +238,33 @@ def routes(deps: Deps) -> list[ApiRoute]:
                  {"204": "Revoked", "404": "No such token", **tok}),
         ApiRoute("/api/v1/admin/users", "GET", "Accounts (admin)", "admin", users,
                  {"200": "A page of accounts", "400": "Bad paging", "403": "Not admin", **tok},
+                 {"type": "object", "properties": {
+                     "items": {"type": "array", "items": USER_SCHEMA},
+                     "next_cursor": {"type": ["string", "null"]}}},
                  query=("limit", "cursor", "q")),
+        ApiRoute("/api/v1/admin/users/{account_id}", "GET", "One account (admin, with ETag)",
+                 "admin", get_user,
+                 {"200": "The account", "403": "Not admin", "404": "No such account", **tok},
+                 USER_SCHEMA),
+        ApiRoute("/api/v1/admin/users/{account_id}", "PATCH",
+                 "Disable or enable an account (admin, If-Match); disabling revokes its "
+                 "sessions and API tokens at once", "admin", patch_user,
+                 {"200": "The account as it is now", "400": "Bad input", "403": "Not admin",
+                  "404": "No such account",
+                  "409": "Your own account, the operator, or the last enabled admin",
+                  "412": "If-Match failed", **tok}, USER_SCHEMA,
+                 body={"type": "object", "properties": {"disabled": {"type": "boolean"}}}),
+        ApiRoute("/api/v1/admin/invitations", "GET",
+                 "Invitations (admin): open ones, or all=true for used and expired too",
+                 "admin", invitations,
+                 {"200": "A page of invitations", "400": "Bad paging", "403": "Not admin", **tok},
+                 {"type": "object", "properties": {
+                     "items": {"type": "array", "items": INVITATION_SCHEMA},
+                     "next_cursor": {"type": ["string", "null"]}}},
+                 query=("limit", "cursor", "all")),
+        ApiRoute("/api/v1/admin/invitations/{invitation_id}", "DELETE",
+                 "Revoke an invitation (admin; idempotent)", "admin", revoke_invitation,
+                 {"204": "Revoked", "403": "Not admin", "404": "No such invitation", **tok}),
         ApiRoute("/api/v1/admin/invitations", "POST", "Invite someone (admin)", "admin", invite,
                  {"201": "The invitation link (shown once)", "400": "Bad input",
                   "403": "Not admin", **tok},

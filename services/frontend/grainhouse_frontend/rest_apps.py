@@ -131,7 +131,13 @@ def routes(deps: Deps) -> list[ApiRoute]:
         return JSONResponse({"orphaned_grains": reply.orphaned_grains})
 
     async def get_task(request: Request, caller: Caller) -> Response:
-        task = await deps.tasks.get(request.path_params["task_id"], caller.account_id)
+        from grainhouse_frontend import rest_backups
+
+        task_id = request.path_params["task_id"]
+        if rest_backups.is_backup_task(task_id):  # backup's own tasks (bkt_…), read from backup
+            found = await rest_backups.get_task(deps.backup, task_id, caller.account_id)
+            return JSONResponse(rest_backups.task_json(found, deps.public_url))
+        task = await deps.tasks.get(task_id, caller.account_id)
         return JSONResponse(task_json(task))
 
     return [

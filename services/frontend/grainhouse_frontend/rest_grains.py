@@ -40,6 +40,7 @@ GRAIN_SCHEMA: dict[str, Any] = {
         "id": {"type": "string"}, "app_id": {"type": "string"}, "title": {"type": "string"},
         "state": {"type": "string"}, "url": {"type": "string"},
         "size_bytes": {"type": "integer"}, "is_owner": {"type": "boolean"},
+        "role": {"type": "string"}, "owner_display_name": {"type": "string"},
     },
 }  # fmt: skip
 GRANT_SCHEMA: dict[str, Any] = {
@@ -80,11 +81,47 @@ def routes(deps: Deps) -> list[ApiRoute]:
             grainmgr_pb2.GetGrainRequest(grain_id=grain_id), timeout=10
         )
 
+    async def list_shared(request: Request, caller: Caller, trashed: str) -> Response:
+        """Grains shared with the caller: auth knows which (and the role), grainmgr the rest."""
+        assert deps.auth is not None
+        limit, cursor = page_params(request)
+        reply = await deps.auth.ListSharedGrains(
+            auth_pb2.ListSharedGrainsRequest(
+                caller=cred(caller),
+                page=common_pb2.PageRequest(page_size=limit, page_token=cursor),
+            ),
+            timeout=10,
+        )
+        q = request.query_params.get("q", "").lower()
+        items = []
+        for s in reply.grains:
+            try:
+                g = await fetch(s.grain_id)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    continue  # deleted between auth's answer and ours
+                raise
+            is_trashed = g.state == grainmgr_pb2.GRAIN_STATE_TRASHED
+            if (trashed == "exclude" and is_trashed) or (trashed == "only" and not is_trashed):
+                continue
+            if q not in (g.title + g.app_title).lower():
+                continue
+            doc = view(g, False)
+            doc["role"] = s.role
+            doc["owner_display_name"] = s.owner_display_name
+            items.append(doc)
+        return JSONResponse({"items": items, "next_cursor": reply.page.next_page_token or None})
+
     async def list_grains(request: Request, caller: Caller) -> Response:
         limit, cursor = page_params(request)
         trashed = request.query_params.get("trashed", "exclude")
         if trashed not in ("exclude", "include", "only"):
             raise GrainhouseError(Kind.INVALID, "trashed: exclude, include or only")
+        scope = request.query_params.get("scope", "owned")
+        if scope not in ("owned", "shared"):
+            raise GrainhouseError(Kind.INVALID, "scope: owned or shared")
+        if scope == "shared":
+            return await list_shared(request, caller, trashed)
         reply = await deps.grainmgr.ListGrains(
             grainmgr_pb2.ListGrainsRequest(
                 owner_account_id=caller.account_id,
@@ -100,6 +137,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
 
     async def create_grain(request: Request, caller: Caller) -> Response:
         body = await json_body(request)
+        caller.require_grain_creation()  # auth's decision: visitors create no grains (403)
         req = grainmgr_pb2.CreateGrainRequest(
             app_id=field(body, "app_id", str),
             title=field(body, "title", str, "")[:200],
@@ -286,11 +324,14 @@ def routes(deps: Deps) -> list[ApiRoute]:
         },
     }
     return [
-        ApiRoute("/api/v1/grains", "GET", "Your grains", "read", list_grains,
+        ApiRoute("/api/v1/grains", "GET",
+                 "Your grains (scope=owned, the default), or the grains shared with you "
+                 "(scope=shared: each with your role and its owner's name)", "read", list_grains,
                  {"200": "A page of grains", "400": "Bad paging", "401": "No or bad token"}, lst,
-                 query=("limit", "cursor", "q", "trashed")),
+                 query=("limit", "cursor", "q", "trashed", "scope")),
         ApiRoute("/api/v1/grains", "POST", "Create a grain from an app action", "write",
                  create_grain, {"201": "Created", "400": "Bad input", "401": "No or bad token",
+                                "403": "A visitor: may not create grains",
                                 "404": "No such app"}, GRAIN_SCHEMA,
                  body={"type": "object", "required": ["app_id"], "properties": {
                      "app_id": {"type": "string", "maxLength": 200},

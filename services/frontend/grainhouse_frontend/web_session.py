@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from grainhouse_common.errors import GrainhouseError, Kind
+from grainhouse_frontend.identity import client_address
 from grainhouse_proto import auth_pb2, auth_pb2_grpc
 
 MAX_FORM_BYTES = 64 * 1024
@@ -60,6 +61,8 @@ class WebUser:
     totp_enabled: bool
     has_password: bool
     session_secret: str  # kept only for the request, to pass on to auth
+    # Auth's answer (Account.can_create_grains): false for visitors (no invitation).
+    can_create_grains: bool = False
 
     def credential(self) -> auth_pb2.Credential:
         return auth_pb2.Credential(session_secret=self.session_secret)
@@ -82,7 +85,10 @@ class Sessions:
             return None
         try:
             reply = await self.auth.GetSession(
-                auth_pb2.GetSessionRequest(session_secret=secret, touch=touch), timeout=5
+                auth_pb2.GetSessionRequest(
+                    session_secret=secret, touch=touch, client_address=client_address(request)
+                ),
+                timeout=5,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
@@ -97,6 +103,7 @@ class Sessions:
             a.totp_enabled,
             a.has_password,
             secret,
+            a.can_create_grains,
         )
 
     def set_session(self, response: Response, secret: str) -> None:
@@ -161,8 +168,6 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def client_info(request: Request) -> auth_pb2.ClientInfo:
-    # TODO(security): honour X-Forwarded-For only from configured trusted proxies.
-    addr = request.client.host if request.client else ""
     return auth_pb2.ClientInfo(
-        remote_addr=addr, user_agent=request.headers.get("user-agent", "")[:256]
+        remote_addr=client_address(request), user_agent=request.headers.get("user-agent", "")[:256]
     )

@@ -93,7 +93,7 @@ async def serve(rt: runtime.Runtime, own: GrainmgrSettings, root: Path, launcher
         grains = Grains(store, packages, launcher, rt.bus, root, lifecycle, auth)
         snaps = Snapshots(grains, root)
         relay = Relay(grains.keys, grains.connect_stream)
-        service = GrainManagerService(packages, grains, snaps, relay)
+        service = GrainManagerService(packages, grains, snaps, relay, own.relay_advertise)
         tasks: list[asyncio.Task[None]] = []
 
         async def housekeeping() -> None:

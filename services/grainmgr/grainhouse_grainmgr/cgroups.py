@@ -1,14 +1,23 @@
 """Per-grain memory and pids limits through cgroups: v1 where the machine offers that, else v2.
+Also the freezer that holds a running grain still while grainmgr exports its /var.
 
 Owns: the directory `<launcher's own cgroup>/<name>/` in each controller it uses, and every
 grain cgroup below it (`<name>/<grain_id>`); stale ones are killed and removed at start.
-Trusts: /proc/self/cgroup and /proc/self/mountinfo to say where the hierarchies are.
+Trusts: /proc/self/cgroup and /proc/self/mountinfo to say where the hierarchies are; for
+`Freezer.of`, /proc/<pid>/cgroup of a grain's init (read by grainmgr, which is root).
 Never: touches cgroups outside its own `<name>` directory; writes a limit it did not get from
-the spawn request or the settings.
+the spawn request or the settings; freezes a cgroup that is not one grain's own (the directory
+must be named after the grain); leaves a cgroup frozen when it kills it.
 
 On our machines cgroup v2 is mounted but has no memory or pids controller, while the v1
 `memory` and `pids` hierarchies have both (writable by root only). Unprivileged launchers get
 no cgroup unless a v2 subtree was delegated to them (systemd `Delegate=yes`).
+
+Freezing: v2 has `cgroup.freeze` in every grain cgroup. On v1 a grain also joins the
+`freezer` hierarchy when it is mounted and writable (an optional controller: without it the
+launcher still runs, and grainmgr stops a grain instead of freezing it for an export). A frozen
+grain keeps its memory, sockets and pid; killing it thaws it first (a v1 frozen task does not
+die of SIGKILL until thawed).
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ def _mounts() -> dict[str, str]:
                 found.setdefault("", mountpoint)
             elif fstype == "cgroup":
                 for opt in options.split(","):
-                    if opt in ("memory", "pids"):
+                    if opt in ("memory", "pids", "freezer"):
                         found.setdefault(opt, mountpoint)
     return found
 
@@ -88,6 +97,7 @@ def _kill_and_remove(dirs: tuple[str, ...] | list[str]) -> None:
     for d in dirs:
         if not os.path.isdir(d):
             continue
+        _thaw_dir(d)  # a frozen task keeps SIGKILL pending (v1) until it is thawed
         kill_file = os.path.join(d, "cgroup.kill")
         if os.path.exists(kill_file):
             with contextlib.suppress(OSError):
@@ -112,6 +122,80 @@ def _kill_and_remove(dirs: tuple[str, ...] | list[str]) -> None:
                 break
             except OSError:
                 time.sleep(0.005)  # busy until the killed tasks are reaped
+
+
+def _thaw_dir(d: str) -> None:
+    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        path = os.path.join(d, name)
+        if os.path.exists(path):
+            with contextlib.suppress(OSError):
+                _write(path, value)
+
+
+FREEZE_POLL_SECONDS = 0.005
+
+
+@dataclass(frozen=True)
+class Freezer:
+    """The freezer of one grain's cgroup (v1 `freezer.state` or v2 `cgroup.freeze`)."""
+
+    version: int
+    directory: str
+
+    @classmethod
+    def of(cls, pid: int, grain_id: str) -> Freezer | None:
+        """The freezer of the cgroup that `pid` (a grain's init) is in, or None when there
+        is none, or when that cgroup is not the grain's own (never freeze a shared one)."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        paths: dict[str, str] = {}
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            for name in controllers.split(",") if controllers else [""]:
+                paths[name] = path
+        mounts = _mounts()
+        for key, version, control in (("freezer", 1, "freezer.state"), ("", 2, "cgroup.freeze")):
+            path = paths.get(key)
+            if path is None or key not in mounts or os.path.basename(path) != grain_id:
+                continue
+            directory = mounts[key] + path
+            if os.access(os.path.join(directory, control), os.W_OK):
+                return cls(version, directory)
+        return None
+
+    def freeze(self, timeout: float) -> bool:
+        """Freeze every task of the cgroup; True once the kernel says all are frozen.
+
+        False (and thawed again) when that did not happen within `timeout` seconds: a task
+        stuck in an uninterruptible sleep cannot freeze, and the caller then falls back."""
+        try:
+            if self.version == 1:
+                _write(os.path.join(self.directory, "freezer.state"), "FROZEN")
+            else:
+                _write(os.path.join(self.directory, "cgroup.freeze"), "1")
+            deadline = time.monotonic() + timeout
+            while not self.frozen():
+                if time.monotonic() > deadline:
+                    self.thaw()
+                    return False
+                time.sleep(FREEZE_POLL_SECONDS)
+        except OSError:
+            self.thaw()
+            return False
+        return True
+
+    def frozen(self) -> bool:
+        if self.version == 1:
+            return _read(os.path.join(self.directory, "freezer.state")).strip() == "FROZEN"
+        events = _read(os.path.join(self.directory, "cgroup.events")).split()
+        return "frozen" in events and events[events.index("frozen") + 1] == "1"
+
+    def thaw(self) -> None:
+        """Never raises: a cgroup that vanished (the grain died) has nothing left to thaw."""
+        _thaw_dir(self.directory)
 
 
 class Cgroups:
@@ -164,6 +248,13 @@ class Cgroups:
             if not os.access(os.path.join(parent, "cgroup.procs"), os.W_OK):
                 return None
             parents[controller] = parent
+        # Optional: a grain that cannot be frozen is stopped for an export instead.
+        if "freezer" in mounts and "freezer" in own:
+            parent = os.path.join(mounts["freezer"] + own["freezer"].rstrip("/"), name)
+            with contextlib.suppress(OSError):
+                os.makedirs(parent, exist_ok=True)
+            if os.access(os.path.join(parent, "cgroup.procs"), os.W_OK):
+                parents["freezer"] = parent
         return cls(1, parents)
 
     def cleanup_stale(self) -> int:

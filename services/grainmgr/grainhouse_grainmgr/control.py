@@ -33,8 +33,13 @@ _SCHEMA: Any = None
 
 
 def schema_path() -> Path:
-    """proto/grain.capnp of this checkout (the package is installed editable)."""
-    return Path(__file__).resolve().parents[3] / "proto" / "grain.capnp"
+    """grain.capnp as shipped inside this package (package data, so any install has it).
+
+    The file is a copy of proto/grain.capnp, the schema's home; a unit test
+    (tests/unit/deploy/test_schema_package_data.py) keeps the two identical. Its directory
+    holds nothing else: it is mounted read-only into every grain.
+    """
+    return Path(__file__).resolve().parent / "schema" / "grain.capnp"
 
 
 def schema() -> Any:

@@ -26,14 +26,14 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grainhouse_common.bus import Bus
 from grainhouse_common.errors import GrainhouseError, Kind
-from grainhouse_grainmgr import metrics, snapshots
+from grainhouse_grainmgr import cgroups, metrics, snapshots
 from grainhouse_grainmgr.control import BridgeClient, GrainEnds, schema_path
 from grainhouse_grainmgr.launcher import Launcher, Limits, SandboxError, SpawnSpec
 from grainhouse_grainmgr.packages import Packages, view_info
@@ -54,6 +54,10 @@ MAX_TITLE = 200
 CRASH_WINDOW_SECONDS = 60.0
 CRASHES_BEFORE_BACKOFF = 3
 PING_TIMEOUT_SECONDS = 10.0
+# How long opening a grain waits for an export that holds it still (docs/backup.md).
+EXPORT_WAIT_SECONDS = 30.0
+# How long the kernel gets to freeze a grain before the export stops it instead.
+FREEZE_TIMEOUT_SECONDS = 5.0
 
 
 def new_grain_id() -> str:
@@ -96,6 +100,9 @@ class Running:
     failure: str = ""  # set when grainmgr kills a grain that failed to start
     quota_reported: int = 0  # launcher quota events already reported
     watcher: asyncio.Task[None] | None = None
+    pid: int = 0  # host pid of the grain's init (finds its cgroup freezer)
+    frozen: bool = False  # held still by an export: housekeeping leaves it alone
+    freezes: int = 0  # exports that froze it so far (a ping that spanned one proves nothing)
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -133,7 +140,8 @@ class Grains:
         self.running: dict[str, Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._crashes: dict[str, list[float]] = {}
-        self.busy: set[str] = set()  # grains being exported (no second export at once)
+        # Grains being exported (no second export at once); set when the export ends.
+        self.busy: dict[str, asyncio.Event] = {}
 
     # -- paths and records --------------------------------------------------------------------
 
@@ -262,7 +270,17 @@ class Grains:
     # -- start --------------------------------------------------------------------------------
 
     async def ensure_running(self, grain_id: str) -> Running:
-        """Start the grain unless it runs; N concurrent callers start exactly one process."""
+        """Start the grain unless it runs; N concurrent callers start exactly one process.
+
+        While an export holds the grain still (frozen, or stopped and kept from starting),
+        callers wait up to EXPORT_WAIT_SECONDS for it to end, then get UNAVAILABLE."""
+        if (exporting := self.busy.get(grain_id)) is not None:
+            try:
+                await asyncio.wait_for(exporting.wait(), EXPORT_WAIT_SECONDS)
+            except TimeoutError:
+                raise GrainhouseError(
+                    Kind.UNAVAILABLE, "the grain is being backed up; retry later"
+                ) from None
         running = self.running.get(grain_id)
         if running is not None and running.ready and not running.stopping:
             return running
@@ -273,6 +291,10 @@ class Grains:
             return await self._start(grain_id)
 
     async def _start(self, grain_id: str) -> Running:
+        with metrics.grains_starting.track_inprogress():  # down again however the start ends
+            return await self._start_tracked(grain_id)
+
+    async def _start_tracked(self, grain_id: str) -> Running:
         row = await self.get(grain_id)
         if row.trashed_at is not None:
             raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
@@ -321,17 +343,18 @@ class Grains:
         )
         t0 = time.monotonic()
         try:
-            await self.launcher.spawn(spec)
+            process = await self.launcher.spawn(spec)
         except SandboxError as exc:
             ends.close()
             metrics.grain_starts.labels(result="error").inc()
+            metrics.spawn_failed(metrics.spawn_failure_reason(exc.kind, exc.message))
             await self._set_state(grain_id, "crashed", "crashed", last_error="sandbox failed")
             log.error("grain %s: sandbox failed: %s", grain_id, exc.message)
             raise GrainhouseError(Kind.UNAVAILABLE, "the grain could not be started") from exc
         finally:
             ends.close_theirs()
         bridge = BridgeClient(ends)
-        running = Running(grain_id, package.package_id, bridge)
+        running = Running(grain_id, package.package_id, bridge, pid=process.pid)
         self.running[grain_id] = running
         metrics.grains_running.set(len(self.running))
         running.watcher = asyncio.create_task(self._watch(running))
@@ -343,6 +366,7 @@ class Grains:
         except (TimeoutError, GrainhouseError) as exc:
             reason = "start timeout" if isinstance(exc, TimeoutError) else "bridge failed"
             metrics.grain_starts.labels(result="timeout").inc()
+            metrics.spawn_failed("never_listened" if reason == "start timeout" else "app_exited")
             running.failure = reason
             await self._kill(running, reason)
             raise GrainhouseError(
@@ -579,17 +603,21 @@ class Grains:
 
     async def housekeeping(self) -> None:
         """Ping running grains, report quota overruns, stop idle ones, purge expired trash."""
-        await asyncio.gather(*(self._check_alive(r) for r in list(self.running.values())))
-        for running in list(self.running.values()):
+        # A frozen grain (an export holds it still) answers no ping and has stood still, not
+        # idled: leave it alone until it thaws. Its quota events wait for the next round.
+        live = [r for r in self.running.values() if not r.frozen]
+        await asyncio.gather(*(self._check_alive(r) for r in live))
+        for running in live:
             await self._report_quota(running)
         limit = time.monotonic() - self.settings.idle_stop_seconds
-        for running in list(self.running.values()):
+        live = [r for r in self.running.values() if not r.frozen]
+        for running in live:
             # A session ends when no stream of it was open for the idle time (the proto's
             # OpenSessionResponse.idle_timeout_seconds); dropping the handle tells the bridge.
             for session in list(running.sessions.values()):
                 if not session.open_streams and session.last_used < limit:
                     del running.sessions[session.session_id]
-        for running in list(self.running.values()):
+        for running in [r for r in self.running.values() if not r.frozen]:
             if not running.stopping and not running.streams and running.last_activity < limit:
                 log.info("grain %s idle: stopping", running.grain_id)
                 with contextlib.suppress(GrainhouseError):
@@ -624,16 +652,19 @@ class Grains:
     async def _check_alive(self, running: Running) -> None:
         """A bridge that does not answer ping in time counts as crashed (grain.capnp ping)."""
         now_ = time.monotonic()
-        if not running.ready or running.stopping:
+        if not running.ready or running.stopping or running.frozen:
             return
         if now_ - running.last_ping < self.settings.ping_interval_seconds:
             return
         running.last_ping = now_
+        freezes = running.freezes
         try:
             await asyncio.wait_for(running.bridge.ping(), PING_TIMEOUT_SECONDS)
         except (TimeoutError, GrainhouseError):
             if running.stopping or self.running.get(running.grain_id) is not running:
                 return
+            if running.frozen or running.freezes != freezes:
+                return  # an export froze it while the ping waited: not a hang
             log.warning("grain %s: no answer to ping; killing it", running.grain_id)
             running.failure = "no answer to ping"
             await self._kill(running, "ping")
@@ -658,7 +689,13 @@ def du(path: Path) -> int:
 
 
 class Snapshots:
-    """Export and import of grains on top of `Grains` (see snapshots.py for the format)."""
+    """Export and import of grains on top of `Grains` (see snapshots.py for the format).
+
+    An export reads the grain's own /var while the grain is held still for exactly as long as
+    the stream lasts (`hold`): a running grain is frozen in its cgroup (memory, sockets and
+    pid kept; it resumes where it was), else it is stopped and kept from starting. There is
+    no second copy of the data. Imports are written to a fresh staging directory first.
+    """
 
     def __init__(self, grains: Grains, root: Path) -> None:
         self.grains = grains
@@ -668,36 +705,75 @@ class Snapshots:
         for stale in self.staging.iterdir():  # left by a previous grainmgr that died
             shutil.rmtree(stale, ignore_errors=True)
 
-    async def take(self, grain_id: str) -> tuple[GrainRow, Path, int]:
-        """Stop the grain if it runs, copy its /var privately, start it again."""
+    @contextlib.asynccontextmanager
+    async def hold(self, grain_id: str) -> AsyncIterator[tuple[GrainRow, Path]]:
+        """Keep the grain still while the body streams its /var; yields (row, var dir).
+
+        Running and freezable: frozen, thawed at the end. Otherwise: stopped, and started
+        again at the end if it ran. The grain's lock is held throughout, so stop, restart,
+        trash and delete wait for the export; opening it waits (Grains.ensure_running,
+        bounded). Whatever ends the body (its end, an error, the client cancelling), the
+        grain is thawed or released.
+        """
         g = self.grains
         row = await g.get(grain_id)
         if grain_id in g.busy:
             raise GrainhouseError(Kind.CONFLICT, "the grain is busy with another export")
-        g.busy.add(grain_id)
+        done = g.busy[grain_id] = asyncio.Event()
+        restart = False
         try:
             async with g.lock(grain_id):
-                was_running = grain_id in g.running
-                await g._stop_locked(grain_id)
-                staging = snapshots.make_staging(self.staging, "export-")
+                running = g.running.get(grain_id)
+                freezer = None
+                if running is not None and running.ready and not running.stopping:
+                    freezer = await self._freeze_soon(running)
+                if freezer is None:
+                    restart = grain_id in g.running
+                    await g._stop_locked(grain_id)
+                    how = "stopped"
+                else:
+                    how = "frozen"
+                log.info("grain %s %s for an export", grain_id, how)
                 try:
-                    skipped = await asyncio.to_thread(
-                        snapshots.copy_tree, g.var_dir(grain_id), staging / "var"
-                    )
-                except OSError as exc:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise GrainhouseError(Kind.TOO_LARGE, "no space for the snapshot") from exc
-            if was_running:
-                task = asyncio.create_task(g.ensure_running(grain_id))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        except BaseException:
-            g.busy.discard(grain_id)
-            raise
-        return row, staging, skipped
+                    yield row, g.var_dir(grain_id)
+                finally:
+                    if freezer is not None and running is not None:
+                        freezer.thaw()  # synchronous: runs even when the stream was cancelled
+                        running.frozen = False
+                        running.touch()  # the frozen time was not idle time
+                        running.last_ping = time.monotonic()
+        finally:
+            del g.busy[grain_id]
+            done.set()
+        if restart:
+            task = asyncio.create_task(g.ensure_running(grain_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def release(self, grain_id: str, staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
-        self.grains.busy.discard(grain_id)
+    async def _freeze_soon(self, running: Running) -> cgroups.Freezer | None:
+        """`_freeze` off the event loop; a cancelled caller still gets the grain thawed."""
+        freezing = asyncio.ensure_future(asyncio.to_thread(self._freeze, running))
+        try:
+            return await asyncio.shield(freezing)
+        except asyncio.CancelledError:
+            freezer = await freezing  # the thread finishes either way: undo what it did
+            if freezer is not None:
+                freezer.thaw()
+                running.frozen = False
+            raise
+
+    @staticmethod
+    def _freeze(running: Running) -> cgroups.Freezer | None:
+        """Freeze `running` in its cgroup; None when it has no freezer or would not freeze."""
+        freezer = cgroups.Freezer.of(running.pid, running.grain_id) if running.pid else None
+        if freezer is None:
+            return None
+        running.frozen = True  # before the kernel freezes it: a ping now is not a hang
+        running.freezes += 1
+        if not freezer.freeze(FREEZE_TIMEOUT_SECONDS):
+            running.frozen = False
+            log.warning("grain %s did not freeze; stopping it for the export", running.grain_id)
+            return None
+        return freezer
 
     def new_import_dir(self) -> Path:
         return snapshots.make_staging(self.staging, "import-")

@@ -28,6 +28,7 @@ from grainhouse_grainmgr.authlink import view_info_pb
 from grainhouse_grainmgr.grains import Grains, Snapshots
 from grainhouse_grainmgr.packages import Packages, Upload, view_info
 from grainhouse_grainmgr.relay import Relay
+from grainhouse_grainmgr.settings import advertised_relay
 from grainhouse_grainmgr.store import GrainRow, PackageRow
 from grainhouse_proto import common_pb2, grainmgr_pb2_grpc
 from grainhouse_proto import grainmgr_pb2 as pb
@@ -45,6 +46,8 @@ DEFAULT_PAGE, MAX_PAGE = 50, 500
 LOG_POLL_SECONDS = 0.2
 MAX_LOG_CHUNK = 64 * 1024
 MAX_BACKLOG = 1024 * 1024
+IMPORT_BATCH_BYTES = 4 * 1024 * 1024  # apply an import's parts in batches of this much data
+IMPORT_BATCH_PARTS = 512  # ... or this many parts
 
 
 def page(request: Any) -> tuple[int, int]:
@@ -112,20 +115,32 @@ def package_pb(row: PackageRow) -> pb.Package:
     )
 
 
-def ticket_pb(relay: Relay, ticket: Any) -> pb.StreamTicket:
+def ticket_pb(relay_address: str, ticket: Any) -> pb.StreamTicket:
     return pb.StreamTicket(
-        relay_address=relay.address,
+        relay_address=relay_address,
         stream_key_secret=ticket.secret,
         expires_at=stamp(ticket.expires_at),
     )
 
 
 class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: ignore[misc]
-    def __init__(self, packages: Packages, grains: Grains, snaps: Snapshots, relay: Relay) -> None:
+    def __init__(
+        self,
+        packages: Packages,
+        grains: Grains,
+        snaps: Snapshots,
+        relay: Relay,
+        relay_advertise: str = "",
+    ) -> None:
         self.packages = packages
         self.grains = grains
         self.snaps = snaps
         self.relay = relay
+        self.relay_advertise = relay_advertise  # GRAINHOUSE_GRAINMGR_RELAY_ADVERTISE
+
+    def relay_address(self) -> str:
+        """Where the frontend dials for grain traffic (the relay binds once the service runs)."""
+        return advertised_relay(self.relay_advertise, self.relay.address)
 
     # -- packages -----------------------------------------------------------------------------
 
@@ -237,7 +252,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
         opened = await self.grains.open_session(request.grain_id, params)
         return pb.OpenSessionResponse(
             session_id=opened.session_id,
-            stream=ticket_pb(self.relay, opened.ticket),
+            stream=ticket_pb(self.relay_address(), opened.ticket),
             view_info=view_info_pb(opened.view_info),
             grain=grain_pb(opened.row),
             idle_timeout_seconds=int(self.grains.settings.idle_stop_seconds),
@@ -245,7 +260,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
 
     async def OpenStream(self, request: pb.OpenStreamRequest, context: Any) -> pb.StreamTicket:
         ticket = self.grains.open_stream_key(request.grain_id, request.session_id)
-        return ticket_pb(self.relay, ticket)
+        return ticket_pb(self.relay_address(), ticket)
 
     async def StopGrain(self, request: pb.StopGrainRequest, context: Any) -> pb.Grain:
         return grain_pb(await self.grains.stop(request.grain_id))
@@ -313,8 +328,8 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
     async def ExportGrain(
         self, request: pb.ExportGrainRequest, context: Any
     ) -> AsyncIterator[pb.GrainArchivePart]:
-        row, staging, skipped = await self.snaps.take(request.grain_id)
-        try:
+        # The grain stays still (frozen or stopped) until this generator ends, however it ends.
+        async with self.snaps.hold(request.grain_id) as (row, var):
             package = await self.grains.store.get_package(row.package_id or "")
             yield pb.GrainArchivePart(
                 header=pb.GrainArchiveHeader(
@@ -326,7 +341,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
                     snapshot_at=stamp(dt.datetime.now(dt.UTC)),
                 )
             )
-            async for kind, value in snapshots.stream_snapshot(staging / "var"):
+            async for kind, value in snapshots.stream_snapshot(var):
                 if kind == "file":
                     yield pb.GrainArchivePart(
                         file=pb.FileEntry(
@@ -341,10 +356,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
                 elif kind == "data":
                     yield pb.GrainArchivePart(data=value)
                 else:
-                    value["skipped_files"] += skipped
                     yield pb.GrainArchivePart(trailer=pb.GrainArchiveTrailer(**value))
-        finally:
-            self.snaps.release(request.grain_id, staging)
 
     async def ImportGrain(
         self, request_iterator: AsyncIterator[pb.ImportGrainRequest], context: Any
@@ -376,38 +388,41 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
         if header.format_version > snapshots.FORMAT_VERSION or header.format_version < 1:
             raise GrainhouseError(Kind.CONFLICT, "archive format is newer than this server")
         package = await self._import_package(options.package_id, header)
-        writer = snapshots.ImportWriter(staging / "var", self.grains.settings.var_quota_bytes)
+        writer = snapshots.ImportWriter(
+            staging / "var",
+            self.grains.settings.var_quota_bytes,
+            hash_data=not options.content_verified,
+        )
         writer.root.mkdir(mode=0o700)
+        # Parts are applied in batches on a worker thread, one batch while the next arrives:
+        # a thread hop per part (10,000 small files = 20,000 parts) cost more than the work.
         trailer = None
+        batch: list[Any] = []
+        size = 0
+        applying: asyncio.Future[None] | None = None
         try:
             async for part in it:
-                which = part.WhichOneof("part")
-                if trailer is not None:
-                    raise snapshots.invalid("parts after the trailer")
-                if which == "file":
-                    f = part.file
-                    entry = snapshots.Entry(
-                        f.path,
-                        f.type,
-                        f.mode,
-                        f.modified_at.ToDatetime(dt.UTC).timestamp(),
-                        f.size_bytes,
-                        f.symlink_target,
-                    )
-                    await asyncio.to_thread(writer.file, entry)
-                elif which == "data":
-                    await asyncio.to_thread(writer.data, part.data)
-                elif which == "trailer":
-                    t = part.trailer
-                    trailer = {
-                        "file_count": t.file_count,
-                        "total_bytes": t.total_bytes,
-                        "data_sha256": t.data_sha256,
-                    }
-                    await asyncio.to_thread(writer.finish, trailer)
-                else:
-                    raise snapshots.invalid("a second header or an empty part")
+                if trailer is not None or part.WhichOneof("part") == "header":
+                    raise snapshots.invalid("parts after the trailer, or a second header")
+                batch.append(part)
+                size += len(part.data)
+                if part.WhichOneof("part") == "trailer":
+                    trailer = part
+                if size >= IMPORT_BATCH_BYTES or len(batch) >= IMPORT_BATCH_PARTS:
+                    if applying is not None:
+                        await applying
+                    applying = asyncio.ensure_future(asyncio.to_thread(_apply, writer, batch))
+                    batch, size = [], 0
+            if applying is not None:
+                await applying
+            applying = None
+            if batch:
+                await asyncio.to_thread(_apply, writer, batch)
         finally:
+            if applying is not None:  # never abort (and rmtree) under a running batch
+                await asyncio.wait([applying])
+                if not applying.cancelled():
+                    applying.exception()  # already failing: this one is not news
             writer.abort()
         if trailer is None:
             raise snapshots.invalid("no trailer: the archive is truncated")
@@ -432,6 +447,37 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
         if package.version < header.app_version:
             raise GrainhouseError(Kind.CONFLICT, "app too old for this archive")
         return package
+
+
+def _apply(writer: snapshots.ImportWriter, parts: list[Any]) -> None:
+    """Apply archive parts (file, data, trailer) in order; runs on a worker thread."""
+    for part in parts:
+        which = part.WhichOneof("part")
+        if which == "data":
+            writer.data(part.data)
+        elif which == "file":
+            f = part.file
+            writer.file(
+                snapshots.Entry(
+                    f.path,
+                    f.type,
+                    f.mode,
+                    f.modified_at.seconds + f.modified_at.nanos / 1e9,
+                    f.size_bytes,
+                    f.symlink_target,
+                )
+            )
+        elif which == "trailer":
+            t = part.trailer
+            writer.finish(
+                {
+                    "file_count": t.file_count,
+                    "total_bytes": t.total_bytes,
+                    "data_sha256": t.data_sha256,
+                }
+            )
+        else:
+            raise snapshots.invalid("an empty part")
 
 
 def read_range(path: Any, start: int, end: int) -> list[bytes]:

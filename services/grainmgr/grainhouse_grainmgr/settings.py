@@ -7,7 +7,7 @@ Never: shows a secret value (database URL) in a message or log line.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from grainhouse_common.settings import ServiceSettings
 
@@ -23,6 +23,15 @@ class GrainmgrSettings(ServiceSettings):
     relay_listen: str = Field(
         "127.0.0.1:0",
         description="host:port of the byte-stream relay the frontend sends grain traffic to.",
+    )
+    relay_advertise: str = Field(
+        "",
+        description=(
+            "host:port (or host alone: the relay's port is added) that OpenSession tells the "
+            "frontend to dial for grain traffic. Empty: the relay's own address, with a "
+            "wildcard host (0.0.0.0, ::) read as 127.0.0.1. Set it when the relay listens on "
+            "all interfaces, e.g. `grainmgr:7004` in compose."
+        ),
     )
     max_package_bytes: int = Field(
         1024 * MiB, gt=0, description="Largest package file InstallPackage accepts."
@@ -60,3 +69,42 @@ class GrainmgrSettings(ServiceSettings):
         True,
         description="Call auth.RegisterGrain/ForgetGrain (an auth without them is tolerated).",
     )
+
+    @field_validator("relay_advertise")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            host, port = _split_advertise(value)
+            if not host or "/" in host or " " in host:
+                raise ValueError("must be host:port or host (no scheme, no path)")
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError("the port must be 1 to 65535")
+        return value
+
+
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def _split_advertise(value: str) -> tuple[str, str]:
+    """(host, port or ""): a bare IPv6 literal has colons but no brackets, so no port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or (":" in host and not host.startswith("[")):
+        return value, ""
+    return host, port
+
+
+def advertised_relay(advertise: str, bound: str) -> str:
+    """The relay address OpenSession hands out, from the setting and the bound address.
+
+    `bound` is the relay's listening host:port (the real port, also when relay_listen said 0).
+    """
+    bound_host, _, bound_port = bound.rpartition(":")
+    if advertise:
+        host, port = _split_advertise(advertise)
+        return f"{host}:{port or bound_port}"
+    if bound_host in _WILDCARDS:
+        # Listening on every interface says nothing about where to dial; loopback at least
+        # works for a frontend on the same host (anything else must set relay_advertise).
+        bound_host = "[::1]" if ":" in bound_host else "127.0.0.1"
+    return f"{bound_host}:{bound_port}"

@@ -1,12 +1,14 @@
 """Grain archives: consistent snapshots of a grain's /var out (export) and validated ones in.
 
-Owns: `<data_dir>/grainmgr/staging/` (snapshots being streamed, imports being checked) and the
-archive stream order (grainmgr.proto GrainArchivePart: header, files with data, trailer).
-Trusts: grains.py to stop the grain while its /var is copied; nothing in an uploaded archive
-(every path, type, size, total and the checksum are checked again here).
-Never: streams a live /var (only a private copy taken while no grain process ran); writes an
-import anywhere but its staging directory until all of it was valid; follows a symlink while
-writing; leaves a staging directory behind.
+Owns: `<data_dir>/grainmgr/staging/` (imports being checked) and the archive stream order
+(grainmgr.proto GrainArchivePart: header, files with data, trailer).
+Trusts: grains.py (Snapshots.hold) to keep the grain still — frozen, or stopped and kept from
+starting — for the whole time its /var is streamed, so one listing and the reads that follow
+see one instant; nothing in an uploaded archive (every path, type, size, total and the
+checksum are checked again here).
+Never: copies a grain's /var for an export (it is read in place, once); streams a /var whose
+grain may run; follows a symlink while reading or writing; writes an import anywhere but its
+staging directory until all of it was valid; leaves a staging directory behind.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import datetime as dt
 import hashlib
 import os
 import posixpath
-import shutil
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -45,36 +46,6 @@ class Entry:
 
 
 # -- export ------------------------------------------------------------------------------------
-
-
-def copy_tree(src: Path, dst: Path) -> int:
-    """Private copy of a stopped grain's /var (regular files, directories, symlinks only).
-
-    Returns the number of entries left out (sockets, fifos, devices).
-    """
-    skipped = 0
-    dst.mkdir(mode=0o700)
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        out_dir = dst if rel == "." else dst / rel
-        for name in sorted(dirnames + filenames):
-            source = os.path.join(dirpath, name)
-            target = out_dir / name
-            st = os.lstat(source)
-            if stat.S_ISDIR(st.st_mode):
-                target.mkdir(mode=0o700)
-                os.chmod(target, stat.S_IMODE(st.st_mode) | 0o700)
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(source), target)
-            elif stat.S_ISREG(st.st_mode):
-                shutil.copyfile(source, target, follow_symlinks=False)
-                os.chmod(target, stat.S_IMODE(st.st_mode))
-                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-            else:
-                skipped += 1
-        # os.walk follows no symlinked directories; prune names that are links
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-    return skipped
 
 
 def walk_snapshot(root: Path) -> Iterator[Entry | int]:
@@ -123,7 +94,12 @@ async def stream_snapshot(root: Path) -> AsyncIterator[tuple[str, Any]]:
         yield "file", entry
         if entry.type != REGULAR:
             continue
-        with open(root / entry.path, "rb") as f:
+        # The grain is held still, so this is the file just listed; O_NOFOLLOW and the type
+        # check are a second line (a fifo would block, a symlink would leave /var).
+        fd = os.open(root / entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise GrainhouseError(Kind.INTERNAL, "the snapshot changed while read")
             left = entry.size
             while left > 0:
                 chunk = await asyncio.to_thread(f.read, min(MAX_DATA_PART, left))
@@ -170,6 +146,9 @@ class ImportWriter:
 
     root: Path
     quota_bytes: int
+    # False when the caller checked every file's content itself (ImportGrainOptions.
+    # content_verified): the stream is then not hashed, and the trailer carries no digest.
+    hash_data: bool = True
     dirs: set[str] = field(default_factory=lambda: {""})
     seen: set[str] = field(default_factory=set)
     digest: Any = field(default_factory=hashlib.sha256)
@@ -231,7 +210,8 @@ class ImportWriter:
             raise invalid("more data than the file's size_bytes")
         self._left -= len(chunk)
         self.total += len(chunk)
-        self.digest.update(chunk)
+        if self.hash_data:
+            self.digest.update(chunk)
         self._file.write(chunk)
 
     def _end_file(self) -> None:
@@ -245,7 +225,10 @@ class ImportWriter:
         self._end_file()
         if trailer["file_count"] != self.count or trailer["total_bytes"] != self.total:
             raise invalid("the trailer's totals do not match the archive (truncated?)")
-        if trailer["data_sha256"] != self.digest.hexdigest():
+        if not self.hash_data:
+            if trailer["data_sha256"]:
+                raise invalid("a content_verified import carries no data checksum")
+        elif trailer["data_sha256"] != self.digest.hexdigest():
             raise invalid("the data checksum does not match")
         for path, mtime in self._pending_mtime:
             with contextlib.suppress(OSError):

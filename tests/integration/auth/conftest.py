@@ -40,6 +40,8 @@ STACK_ENV = {
     "GRAINHOUSE_AUTH_LOGIN_BASE_DELAY_SECONDS": "4",
     "GRAINHOUSE_AUTH_LOGIN_MAX_DELAY_SECONDS": "4",
     "GRAINHOUSE_AUTH_LOGIN_BLOCK_SECONDS": "600",
+    # Housekeeping every second, so a test sees a dead row go (test_guesses_and_housekeeping).
+    "GRAINHOUSE_AUTH_HOUSEKEEPING_INTERVAL_SECONDS": "1",
 }
 PASSWORD = "violet-harbour-tangerine-47"
 OIDC_REDIRECT = PUBLIC_URL + "/login/oidc/corp/callback"
@@ -98,6 +100,7 @@ class AuthStack:
         url_file = data.secrets / "auth-database-url"
         url_file.write_text(sdb.url("127.0.0.1", pg.port, DBNAME))
         url_file.chmod(0o600)
+        self.db_url_file = url_file
 
         nats_port, nats_mon = free_port(), free_port()
         nats_bin = str(Path(sys.executable).parent / "nats-server")

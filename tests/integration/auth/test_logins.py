@@ -269,7 +269,7 @@ def test_email_login_link_is_logged_in_dev_mode_and_works_once(stub, auth_stack)
     stub.StartEmailLogin(
         auth_pb2.StartEmailLoginRequest(email=user.email, link_base_url=public + "/login/email")
     )
-    # Unknown addresses get the same answer (and no mail).
+    # Unknown addresses get the same answer (their link makes a visitor: test_visitors).
     stub.StartEmailLogin(
         auth_pb2.StartEmailLoginRequest(
             email="nobody-here@example.org", link_base_url=public + "/login/email"

@@ -20,7 +20,8 @@ from grainhouse_proto import backup_pb2_grpc, grainmgr_pb2_grpc
 from grainhouse_proto import grainmgr_pb2 as gpb
 from tests.support import stack as support
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE.parents[2] / "examples"
 CHUNK = 1024 * 1024
 OWNER = "owner-backup-1"
 
@@ -200,3 +201,26 @@ def tree(root: Path) -> dict[str, tuple[str, int, str]]:
                         digest.update(chunk)
                 out[rel] = ("file", st.st_mode & 0o777, digest.hexdigest())
     return out
+
+
+def install_writer(p: Platform, tmp_path: Path) -> gpb.InstallPackageResponse:
+    pack_directory(HERE / "writerapp", tmp_path / "writer.pkg", generate_key(), level=0)
+    data = (tmp_path / "writer.pkg").read_bytes()
+
+    def upload() -> Iterator[gpb.InstallPackageRequest]:
+        yield gpb.InstallPackageRequest(
+            metadata=gpb.InstallPackageMetadata(
+                size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+        )
+        for i in range(0, len(data), CHUNK):
+            yield gpb.InstallPackageRequest(chunk=data[i : i + CHUNK])
+
+    return p.grainmgr.InstallPackage(upload(), timeout=120)
+
+
+def latest(var: Path) -> int:
+    try:
+        return int((var / "latest").read_text())
+    except (OSError, ValueError):
+        return 0

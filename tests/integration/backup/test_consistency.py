@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from grainhouse_package import generate_key, pack_directory
 from grainhouse_proto import backup_pb2 as bpb
 from grainhouse_proto import common_pb2
 from grainhouse_proto import grainmgr_pb2 as gpb
 
-from .conftest import CHUNK, OWNER, Platform, backup_now, wait_task
+from .conftest import OWNER, Platform, backup_now, install_writer, latest, wait_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("backup-stack")]
-HERE = Path(__file__).resolve().parent
-
-
-def install_writer(p: Platform, tmp_path: Path) -> gpb.InstallPackageResponse:
-    pack_directory(HERE / "writerapp", tmp_path / "writer.pkg", generate_key(), level=0)
-    data = (tmp_path / "writer.pkg").read_bytes()
-
-    def upload() -> Iterator[gpb.InstallPackageRequest]:
-        yield gpb.InstallPackageRequest(
-            metadata=gpb.InstallPackageMetadata(
-                size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
-            )
-        )
-        for i in range(0, len(data), CHUNK):
-            yield gpb.InstallPackageRequest(chunk=data[i : i + CHUNK])
-
-    return p.grainmgr.InstallPackage(upload(), timeout=120)
-
-
-def latest(var: Path) -> int:
-    try:
-        return int((var / "latest").read_text())
-    except (OSError, ValueError):
-        return 0
 
 
 def check_instant(var: Path) -> int:

@@ -71,6 +71,51 @@ def test_schedule_validation(platform: Platform) -> None:
     )
 
 
+def test_list_schedules_by_grain_checks_the_grain_is_the_callers(platform: Platform) -> None:
+    alice, bob = "lister-alice", "lister-bob"
+    mine = new_grain(platform, "Alice's", owner=alice)
+    theirs = new_grain(platform, "Bob's", owner=bob)
+    made: list[tuple[str, str]] = []
+
+    def schedule(owner: str, **scope: str) -> str:
+        row = platform.backup.CreateSchedule(
+            bpb.CreateScheduleRequest(
+                owner_account_id=owner,
+                frequency=bpb.FREQUENCY_WEEKLY,
+                retention=bpb.Retention(keep_last=1),
+                **scope,
+            )
+        )
+        made.append((row.schedule_id, owner))
+        return str(row.schedule_id)
+
+    def listed(owner: str, grain_id: str, **more: bool) -> set[str]:
+        reply = platform.backup.ListSchedules(
+            bpb.ListSchedulesRequest(owner_account_id=owner, grain_id=grain_id, **more)
+        )
+        return {s.schedule_id for s in reply.schedules}
+
+    try:
+        a_grain = schedule(alice, grain_id=mine.grain_id)
+        a_all = schedule(alice, all_grains_of_account_id=alice)
+        b_grain = schedule(bob, grain_id=theirs.grain_id)
+        b_all = schedule(bob, all_grains_of_account_id=bob)
+        assert listed(alice, mine.grain_id) == {a_grain, a_all}
+        assert listed(bob, theirs.grain_id) == {b_grain, b_all}
+        # Someone else's grain (or none at all) is NOT_FOUND: nothing about it leaks.
+        for owner, grain_id in ((alice, theirs.grain_id), (bob, mine.grain_id), (alice, "0" * 32)):
+            with pytest.raises(grpc.RpcError) as info:
+                listed(owner, grain_id)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND, (owner, grain_id)
+        # Admin view: every owner, still only the schedules covering that grain.
+        assert listed("", theirs.grain_id, all_owners=True) == {b_grain, b_all}
+    finally:
+        for schedule_id, owner in made:
+            platform.backup.DeleteSchedule(
+                bpb.DeleteScheduleRequest(schedule_id=schedule_id, owner_account_id=owner)
+            )
+
+
 def test_scheduled_job_killed_mid_run_completes_once(platform: Platform) -> None:
     grain = new_grain(platform, "Scheduled")
     var = platform.var_dir(grain.grain_id)

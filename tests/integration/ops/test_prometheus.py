@@ -215,3 +215,100 @@ def test_db_init_provisions_like_grainhouse_up(stack: Stack, tmp_path: Path) -> 
         [*args[:8], f"--service=auth={wrong}"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "must log in as grainhouse_auth" in bad.stderr
+
+
+def _unlabelled_existing() -> dict[str, str]:
+    """Catalogue families marked exists that have no labels, by name -> type.
+
+    prometheus_client exports a sample for these from the start (a labelled family shows up
+    only once a label value is used), so a scrape must see every one of them.
+    """
+    text = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    rows = re.findall(
+        r"^\| `(grainhouse_[a-z0-9_]+)` \| (counter|gauge|histogram) \| — \| exists \|",
+        text,
+        re.MULTILINE,
+    )
+    return dict(rows)
+
+
+def test_every_unlabelled_catalogue_entry_is_scraped(prometheus: Prometheus) -> None:
+    wanted = _unlabelled_existing()
+    assert "grainhouse_grainmgr_grains_starting" in wanted
+    assert "grainhouse_auth_db_pool_max_connections" in wanted
+
+    def missing() -> set[str]:
+        names = set(prometheus.api("label/__name__/values"))
+        series = {
+            # A histogram is seen through its _count series.
+            name + ("_count" if kind == "histogram" else "")
+            for name, kind in wanted.items()
+        }
+        return series - names
+
+    wait_for(lambda: not missing(), 60, f"every unlabelled family (missing {missing()})")
+    # Nothing is starting in an idle stack: the gauge really comes back down to 0.
+    (row,) = prometheus.query("grainhouse_grainmgr_grains_starting")
+    assert row["value"][1] == "0"
+
+
+def test_db_pool_usage_of_every_service_is_plausible(prometheus: Prometheus) -> None:
+    db_services = ("auth", "grainmgr", "backup")
+
+    def pools() -> dict[str, dict[str, float]] | None:
+        found: dict[str, dict[str, float]] = {}
+        for svc in db_services:
+            figures: dict[str, float] = {}
+            for row in prometheus.query(f"grainhouse_{svc}_db_pool_connections"):
+                figures[row["metric"]["state"]] = float(row["value"][1])
+            for name in ("max_connections", "waiting_requests"):
+                rows = prometheus.query(f"grainhouse_{svc}_db_pool_{name}")
+                if rows:
+                    figures[name] = float(rows[0]["value"][1])
+            if len(figures) < 4:
+                return None
+            found[svc] = figures
+        return found
+
+    seen = wait_for(pools, 60, "db_pool families of auth, grainmgr and backup")
+    for svc, f in seen.items():
+        assert f["max_connections"] == 8, (svc, f)  # grainhouse_common.db's pool size
+        open_now = f["in_use"] + f["idle"]
+        # The pool keeps min_size=1 connection open and never exceeds its maximum.
+        assert 1 <= open_now <= f["max_connections"], (svc, f)
+        assert f["in_use"] >= 0 and f["idle"] >= 0 and f["waiting_requests"] >= 0, (svc, f)
+
+
+def test_a_failed_password_login_is_counted(prometheus: Prometheus, stack: Stack) -> None:
+    import grpc
+
+    from grainhouse_proto import auth_pb2, auth_pb2_grpc
+
+    series = 'grainhouse_auth_login_failures_total{method="password",reason="bad_credentials"}'
+
+    def value() -> float:
+        rows = prometheus.query(series)
+        return float(rows[0]["value"][1]) if rows else 0.0
+
+    wait_for(lambda: _all_up(prometheus), 60, "every target up")
+    before = value()
+    addr = stack.status()["services"]["auth"]["grpc"]
+    with grpc.insecure_channel(addr) as channel:
+        stub = auth_pb2_grpc.AuthStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.LoginPassword(
+                auth_pb2.LoginPasswordRequest(
+                    email="nobody-here@example.com",
+                    password="certainly wrong",
+                    client=auth_pb2.ClientInfo(remote_addr="192.0.2.7"),
+                ),
+                timeout=30,
+            )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    wait_for(lambda: value() >= before + 1, 60, "the failure counted through Prometheus")
+    assert value() == before + 1
+    # The label values stay the bounded words: the email and address appear nowhere.
+    for row in prometheus.query("grainhouse_auth_login_failures_total"):
+        assert set(row["metric"]) >= {"method", "reason"}
+        assert "example.com" not in json.dumps(row["metric"])
+        assert "192.0.2.7" not in json.dumps(row["metric"])

@@ -374,6 +374,22 @@ def test_settings_classes_accept_the_compose_environment(
     assert common.nats_url == f"nats://nats:{nats_port}"
 
 
+def test_grainmgr_advertises_a_relay_address_the_frontend_can_dial(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    from grainhouse_grainmgr.settings import advertised_relay
+
+    gen = _load_module(DEPLOY / "gen_secrets.py")
+    gen.main(["--dir", str(tmp_path)])
+    own = settingsmod.load(GrainmgrSettings, _resolved_env(services["grainmgr"], tmp_path))
+    listen_port = own.relay_listen.rsplit(":", 1)[1]
+    assert own.relay_listen.startswith("0.0.0.0:")  # every interface: no address to dial
+    # What OpenSession hands out: grainmgr's compose name on the relay's port.
+    bound = f"0.0.0.0:{listen_port}"
+    assert advertised_relay(own.relay_advertise, bound) == f"grainmgr:{listen_port}"
+    assert "grainmgr" in services and "internal" in services["grainmgr"]["networks"]
+
+
 @pytest.mark.parametrize("svc", SERVICES)
 def test_healthcheck_probes_the_listen_port(svc: str, services: dict[str, dict[str, Any]]) -> None:
     env = services[svc]["environment"]

@@ -66,5 +66,8 @@ def test_every_query_uses_catalogued_metrics(
         "grainhouse_backup_runs_total",
         "grainhouse_auth_login_failures_total",
         "grainhouse_auth_db_pool_connections",
+        "grainhouse_grainmgr_db_pool_waiting_requests",
+        "grainhouse_grainmgr_grains_starting",
+        "grainhouse_grainmgr_sandbox_spawn_failures_total",
     ):
         assert needed in used

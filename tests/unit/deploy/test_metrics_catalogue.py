@@ -27,6 +27,9 @@ for svc in ("auth", "grainmgr", "backup", "frontend"):
     metrics.dependency_metrics(svc)
     if svc in GRPC:
         metrics.rpc_metrics(svc)
+        # Every gRPC service owns a database pool; its families come from a collector that
+        # reads the pool at scrape time (no pool needed to list them).
+        metrics.watch_db_pool(svc, dict)
     # A service's own families live in its metrics modules (imported at start).
     for mod in (f"grainhouse_{svc}.metrics", f"grainhouse_{svc}.http_metrics"):
         if importlib.util.find_spec(mod) is not None:
@@ -34,6 +37,10 @@ for svc in ("auth", "grainmgr", "backup", "frontend"):
 out = {}
 # The private fields are the only place an unlabelled-yet family's labels are kept.
 for collector in list(REGISTRY._collector_to_names):
+    if isinstance(collector, metrics.DbPoolCollector):
+        for suffix, _help, labels in metrics.DB_POOL_FAMILIES:
+            out[collector.prefix + suffix] = {"type": "gauge", "labels": list(labels)}
+        continue
     name = getattr(collector, "_name", None)
     kind = getattr(collector, "_type", None)
     if not name or not name.startswith("grainhouse_"):

@@ -78,5 +78,9 @@ def test_alert_unit_tests_cover_the_paging_families() -> None:
         "GrainhouseBackupFailed",
         "GrainhouseBackupScheduleOverdue",
         "GrainhouseDiskNearlyFull",
+        "GrainhouseSandboxSpawnFailures",
+        "GrainhouseAppStartFailures",
+        "GrainhouseLoginFailuresHigh",
+        "GrainhouseLoginFailureSpike",
     ):
         assert alert in covered

@@ -54,6 +54,8 @@ EXPECTED_RPCS = {
         "AuthenticateToken", "CreateShareLink", "RedeemShareLink", "GrantAccess", "ListAccess",
         "RevokeGrant", "ChangeGrantRole", "CreateGrainApiToken", "Authorize", "RegisterGrain",
         "ForgetGrain",
+        "SetAccountDisabled", "ListInvitations", "RevokeInvitation", "ListSharedGrains",
+        "SetAccountVisitor",
     },
     "GrainManager": {
         "InstallPackage", "ListPackages", "GetPackage", "UninstallPackage", "CreateGrain",
@@ -233,5 +235,5 @@ def test_admin_token_contract_is_precise(compiled_protos: CompiledProtos) -> Non
     assert request["operator_key"].type_name == ".grainhouse.auth.v1.OperatorKey"
     assert set(messages["OperatorKey"]) == {"key_secret"}
     assert set(messages["IssueAdminTokenResponse"]) == {"token_secret", "token"}
-    assert set(messages["AuthenticateTokenRequest"]) == {"bearer_secret"}
+    assert set(messages["AuthenticateTokenRequest"]) == {"bearer_secret", "client_address"}
     assert "principal" in messages["AuthenticateTokenResponse"]

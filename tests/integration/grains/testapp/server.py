@@ -7,7 +7,8 @@ Never: listens anywhere but 127.0.0.1:$PORT.
 Routes: GET /whoami (headers, pid, env as JSON), POST /upload (streams the body, answers
 its size and sha256), GET /download?n=N (N bytes, streamed), GET /write?name=&data= (a file
 in /var), GET /read?name=, GET /crash (exits 3), GET /flood (endless body), GET /ws
-(WebSocket echo that greets first).
+(WebSocket echo that greets first; text "whoami" answers the upgrade's headers, "close:N" closes
+with code N, "ping" pings and reports the pong).
 """
 
 import base64
@@ -130,7 +131,21 @@ class Handler(BaseHTTPRequestHandler):
             if opcode == 8:
                 send_frame(self.wfile, b"", opcode=8)
                 return
-            send_frame(self.wfile, b"echo:" + payload)
+            if opcode == 1 and payload == b"whoami":  # the upgrade request's headers
+                heads = {k.lower(): v for k, v in self.headers.items()}
+                send_frame(self.wfile, json.dumps(heads).encode())
+            elif opcode == 1 and payload.startswith(b"close:"):  # close with that code
+                send_frame(self.wfile, struct.pack("!H", int(payload[6:])) + b"bye", opcode=8)
+                read_frame(self.rfile)  # the peer's answering close
+                return
+            elif opcode == 1 and payload == b"ping":  # our ping must come back as a pong
+                send_frame(self.wfile, b"are you there", opcode=9)
+                answer = read_frame(self.rfile)
+                send_frame(
+                    self.wfile, b"pong:" + (answer[1] if answer and answer[0] == 10 else b"?")
+                )
+            else:  # binary stays binary
+                send_frame(self.wfile, b"echo:" + payload, opcode=opcode)
 
 
 def send_frame(w, payload, opcode=1):
