@@ -8,7 +8,9 @@ Never: puts a hash, a seed or a secret into a message (secrets are set by the ca
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from grainhouse_auth import logins, sessions, tokens
 from grainhouse_auth.accounts import Account
@@ -17,6 +19,8 @@ from grainhouse_auth.sharing import GrantView
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_common.timestamps import timestamp as ts
 from grainhouse_proto import auth_pb2
+
+T = TypeVar("T")
 
 SCOPE_TO_PB = {
     "": auth_pb2.SCOPE_UNSPECIFIED,
@@ -161,3 +165,12 @@ def cursor_in(page_token: str) -> str:
 
 def cursor_out(created_at: datetime, item_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{item_id}".encode()).decode()
+
+
+def page_out(
+    found: Sequence[T], size: int, key: Callable[[T], tuple[datetime, str]]
+) -> tuple[Sequence[T], str]:
+    """The page of `found` (fetched with `size + 1` rows) and the next page token ("" = last)."""
+    if len(found) > size:
+        return found[:size], cursor_out(*key(found[size - 1]))
+    return found, ""

@@ -1,7 +1,8 @@
 """grain.capnp ships inside the grainmgr package, so a non-editable install (the image) works.
 
-proto/grain.capnp is the schema's home; services/grainmgr/grainhouse_grainmgr/schema/ holds
-an identical copy that setuptools packages as data and control.schema_path() loads.
+The schema's one file lives in services/grainmgr/grainhouse_grainmgr/schema/ (setuptools packages
+it as data and control.schema_path() loads it); proto/grain.capnp is a symlink to it, so the
+contracts folder still shows every schema and there is no second copy to drift.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ PROTO = ROOT / "proto" / "grain.capnp"
 COPY = ROOT / "services" / "grainmgr" / "grainhouse_grainmgr" / "schema" / "grain.capnp"
 
 
-def test_the_packaged_copy_equals_proto_grain_capnp() -> None:
-    assert COPY.read_bytes() == PROTO.read_bytes(), (
-        "proto/grain.capnp changed: cp proto/grain.capnp "
-        "services/grainmgr/grainhouse_grainmgr/schema/grain.capnp"
-    )
+def test_proto_grain_capnp_is_the_packaged_file() -> None:
+    assert PROTO.is_symlink()
+    assert PROTO.resolve() == COPY.resolve()
+    assert not COPY.is_symlink()
 
 
 def test_schema_path_is_the_packaged_copy_and_holds_nothing_else() -> None:
