@@ -41,11 +41,11 @@ test: setup ## Set up and run the whole test suite
 test-unit: setup ## Only the fast unit tests
 	@$(VENV)/bin/pytest -m unit -n $(PYTEST_WORKERS)
 
-lint: setup ## ruff, import-linter contracts, mypy on libs/
+lint: setup ## ruff, import-linter contracts, mypy on libs/ and the CLI
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/lint-imports
-	@$(VENV)/bin/mypy libs/common/grainhouse_common libs/package/grainhouse_package
+	@$(VENV)/bin/mypy libs/common/grainhouse_common libs/package/grainhouse_package cli/grainhouse_cli
 
 typecheck: setup ## mypy on the shared library and the CLI
 	@$(VENV)/bin/mypy libs/common/grainhouse_common cli/grainhouse_cli

@@ -42,7 +42,7 @@ def run(fn: Callable[[], T]) -> T:
         raise typer.Exit(exc.exit_code) from None
 
 
-def emit(as_json: bool, doc: Any, human: Callable[[], None] | None = None) -> None:
+def emit(as_json: bool, doc: Any, human: Callable[[], object] | None = None) -> None:
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=None) + "\n")
         return

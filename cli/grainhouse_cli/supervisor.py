@@ -163,7 +163,7 @@ class Supervisor:
             assert self.external_db
             admin = self.external_db
             info = psycopg.conninfo.conninfo_to_dict(admin)
-            host, port = info.get("host", "127.0.0.1"), int(info.get("port", 5432))
+            host, port = str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))
         files = {}
         for svc in provision.SERVICES_WITH_DB:
             password = self.data.secret(f"db-{svc}-password")
@@ -201,7 +201,7 @@ class Supervisor:
     @staticmethod
     def _grpc_health(addr: str) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
-            return await rpc.check_health(addr, timeout=1.0)
+            return bool(await rpc.check_health(addr, timeout=1.0))
 
         return check
 
