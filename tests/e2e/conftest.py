@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.frontend.harness import FRONTEND_ENV
-from tests.support.stack import Stack, make_data_root
+from tests.support.stack import Stack, running_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -35,14 +34,8 @@ def ensure_chromium() -> None:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    root = make_data_root("gh-front-")
-    s = Stack(root, FRONTEND_ENV)
-    try:
-        s.start()
+    with running_stack(FRONTEND_ENV, prefix="gh-front-") as s:
         yield s
-    finally:
-        s.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,17 @@ what they install) and uses this for the mechanics of `grainhouse up`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -127,3 +130,16 @@ class Stack:
             if self._out is not None:
                 self._out.close()
                 self._out = None
+
+
+@contextlib.contextmanager
+def running_stack(env: dict[str, str] | None = None, prefix: str = "gh-test-") -> Iterator[Stack]:
+    """A started stack on a fresh data root; stopped and removed on the way out."""
+    root = make_data_root(prefix)
+    stack = Stack(root, env)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)

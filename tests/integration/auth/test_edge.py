@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import shutil
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ from tests.integration.frontend.harness import (
     Stack,
     build_probe,
     install_package,
-    make_data_root,
     make_token,
+    running_stack,
     setup_admin,
     sign_up,
 )
@@ -47,14 +46,8 @@ BAD_TOKEN = "ghp_" + "x" * 43
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = make_data_root()
-    s = Stack(root, EDGE_ENV)
-    try:
-        s.start()
+    with running_stack(EDGE_ENV) as s:
         yield s
-    finally:
-        s.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,22 +13,16 @@ from .harness import (
     Stack,
     build_notes,
     install_package,
-    make_data_root,
     make_token,
+    running_stack,
     setup_admin,
 )
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    root = make_data_root()
-    s = Stack(root, FRONTEND_ENV)
-    try:
-        s.start()
+    with running_stack(FRONTEND_ENV) as s:
         yield s
-    finally:
-        s.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import stack as support
-from tests.support.stack import Stack
+from tests.support.stack import Stack, running_stack
 
-__all__ = ["FRONTEND_ENV", "Stack"]
+__all__ = ["FRONTEND_ENV", "Stack", "running_stack"]
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 

@@ -124,14 +124,8 @@ class Prometheus:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    root = make_data_root()
-    s = Stack(root)
-    try:
-        s.start()
+    with support.running_stack(prefix="gh-ops-") as s:
         yield s
-    finally:
-        s.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

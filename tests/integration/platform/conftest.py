@@ -8,21 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import GRAINHOUSE, Stack, make_data_root
+from tests.support.stack import GRAINHOUSE, Stack, make_data_root, running_stack
 
 __all__ = ["GRAINHOUSE", "Stack", "make_data_root"]
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    root = make_data_root()
-    s = Stack(root)
-    try:
-        s.start()
+    with running_stack() as s:
         yield s
-    finally:
-        s.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
