@@ -24,7 +24,9 @@ from grainhouse_frontend.rest_io import (
     if_match_ok,
     iso,
     json_body,
+    page_json,
     page_params,
+    page_schema,
     token_json,
 )
 from grainhouse_proto import auth_pb2, common_pb2
@@ -91,8 +93,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             ),
             timeout=10,
         )
-        return JSONResponse({"items": [token_json(t) for t in reply.tokens],
-                             "next_cursor": reply.page.next_page_token or None})  # fmt: skip
+        return page_json([token_json(t) for t in reply.tokens], reply.page)
 
     async def create_token(request: Request, caller: Caller) -> Response:
         assert deps.auth is not None
@@ -134,7 +135,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             timeout=10,
         )  # fmt: skip
         items = [user_json(a) for a in reply.accounts]
-        return JSONResponse({"items": items, "next_cursor": reply.page.next_page_token or None})
+        return page_json(items, reply.page)
 
     async def find_user(caller: Caller, account_id: str) -> auth_pb2.Account:
         assert deps.auth is not None
@@ -188,8 +189,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             timeout=10,
         )  # fmt: skip
         now = time.time()
-        return JSONResponse({"items": [invitation_json(i, now) for i in reply.invitations],
-                             "next_cursor": reply.page.next_page_token or None})  # fmt: skip
+        return page_json([invitation_json(i, now) for i in reply.invitations], reply.page)
 
     async def revoke_invitation(request: Request, caller: Caller) -> Response:
         assert deps.auth is not None
@@ -220,9 +220,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
     return [
         ApiRoute("/api/v1/tokens", "GET", "Your personal API tokens", "read", list_tokens,
                  {"200": "A page of tokens", "400": "Bad paging", **tok},
-                 {"type": "object", "properties": {
-                     "items": {"type": "array", "items": TOKEN_SCHEMA},
-                                                   "next_cursor": {"type": ["string", "null"]}}},
+                 page_schema(TOKEN_SCHEMA),
                  query=("limit", "cursor")),
         ApiRoute("/api/v1/tokens", "POST", "Make a personal API token (secret shown once)",
                  "read", create_token,
@@ -238,9 +236,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
                  {"204": "Revoked", "404": "No such token", **tok}),
         ApiRoute("/api/v1/admin/users", "GET", "Accounts (admin)", "admin", users,
                  {"200": "A page of accounts", "400": "Bad paging", "403": "Not admin", **tok},
-                 {"type": "object", "properties": {
-                     "items": {"type": "array", "items": USER_SCHEMA},
-                     "next_cursor": {"type": ["string", "null"]}}},
+                 page_schema(USER_SCHEMA),
                  query=("limit", "cursor", "q")),
         ApiRoute("/api/v1/admin/users/{account_id}", "GET", "One account (admin, with ETag)",
                  "admin", get_user,
@@ -258,9 +254,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
                  "Invitations (admin): open ones, or all=true for used and expired too",
                  "admin", invitations,
                  {"200": "A page of invitations", "400": "Bad paging", "403": "Not admin", **tok},
-                 {"type": "object", "properties": {
-                     "items": {"type": "array", "items": INVITATION_SCHEMA},
-                     "next_cursor": {"type": ["string", "null"]}}},
+                 page_schema(INVITATION_SCHEMA),
                  query=("limit", "cursor", "all")),
         ApiRoute("/api/v1/admin/invitations/{invitation_id}", "DELETE",
                  "Revoke an invitation (admin; idempotent)", "admin", revoke_invitation,

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind, from_rpc_error
 from grainhouse_frontend.identity import Caller
-from grainhouse_frontend.rest_io import package_json, page_params, task_json
+from grainhouse_frontend.rest_io import package_json, page_json, page_params, page_schema, task_json
 from grainhouse_proto import common_pb2, grainmgr_pb2
 
 if TYPE_CHECKING:
@@ -55,12 +55,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             ),
             timeout=10,
         )
-        return JSONResponse(
-            {
-                "items": [package_json(p) for p in reply.packages],
-                "next_cursor": reply.page.next_page_token or None,
-            }
-        )
+        return page_json([package_json(p) for p in reply.packages], reply.page)
 
     async def install(request: Request, caller: Caller) -> Response:
         if not caller.is_admin:
@@ -143,9 +138,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
     return [
         ApiRoute("/api/v1/apps", "GET", "Installed apps (current versions)", "read", list_apps,
                  {"200": "A page of apps", "400": "Bad paging", "401": "No or bad token"},
-                 {"type": "object", "properties": {
-                     "items": {"type": "array", "items": APP_SCHEMA},
-                     "next_cursor": {"type": ["string", "null"]}}},
+                 page_schema(APP_SCHEMA),
                  query=("limit", "cursor")),
         ApiRoute("/api/v1/apps", "POST", "Install an app: the package file is the body",
                  "admin", install,

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_frontend.identity import Caller
 from grainhouse_frontend.problem import TYPE_BASE, problem
-from grainhouse_frontend.rest_io import field, iso, json_body, page_params
+from grainhouse_frontend.rest_io import field, iso, json_body, page_json, page_params, page_schema
 from grainhouse_proto import auth_pb2, common_pb2
 from grainhouse_proto import backup_pb2 as bpb
 
@@ -365,8 +365,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             ),
             timeout=10,
         )  # fmt: skip
-        return JSONResponse({"items": [backup_json(b) for b in reply.backups],
-                             "next_cursor": reply.page.next_page_token or None})  # fmt: skip
+        return page_json([backup_json(b) for b in reply.backups], reply.page)
 
     async def get_backup(request: Request, caller: Caller) -> Response:
         head = await backup_info(deps.backup, request.path_params["backup_id"], caller.account_id)
@@ -406,8 +405,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             ),
             timeout=10,
         )  # fmt: skip
-        return JSONResponse({"items": [schedule_json(s) for s in reply.schedules],
-                             "next_cursor": reply.page.next_page_token or None})  # fmt: skip
+        return page_json([schedule_json(s) for s in reply.schedules], reply.page)
 
     async def create_schedule(request: Request, caller: Caller) -> Response:
         body = await json_body(request)
@@ -471,9 +469,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
                      "note": {"type": "string", "maxLength": 200}}}, idempotent=True),
         ApiRoute("/api/v1/backups", "GET", "Your backups, newest first", "read", list_backups,
                  {"200": "A page of backups", **page},
-                 {"type": "object", "properties": {
-                     "items": {"type": "array", "items": BACKUP_SCHEMA},
-                     "next_cursor": {"type": ["string", "null"]}}},
+                 page_schema(BACKUP_SCHEMA),
                  query=("limit", "cursor", "grain_id")),
         ApiRoute(bid, "GET", "One backup (ETag: the archive's SHA-256)", "read", get_backup,
                  {"200": "The backup", **one}, BACKUP_SCHEMA),
@@ -496,9 +492,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
                  upload_types=("application/zip", "application/octet-stream")),
         ApiRoute("/api/v1/backup-schedules", "GET", "Your backup schedules", "read",
                  list_schedules, {"200": "A page of schedules", **page},
-                 {"type": "object", "properties": {
-                     "items": {"type": "array", "items": SCHEDULE_SCHEMA},
-                     "next_cursor": {"type": ["string", "null"]}}},
+                 page_schema(SCHEDULE_SCHEMA),
                  query=("limit", "cursor", "grain_id")),
         ApiRoute("/api/v1/backup-schedules", "POST",
                  "Make a recurring backup of one grain or of all your grains", "write",

@@ -26,7 +26,9 @@ from grainhouse_frontend.rest_io import (
     grant_json,
     if_match_ok,
     json_body,
+    page_json,
     page_params,
+    page_schema,
 )
 from grainhouse_proto import auth_pb2, common_pb2, grainmgr_pb2
 
@@ -110,7 +112,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             doc["role"] = s.role
             doc["owner_display_name"] = s.owner_display_name
             items.append(doc)
-        return JSONResponse({"items": items, "next_cursor": reply.page.next_page_token or None})
+        return page_json(items, reply.page)
 
     async def list_grains(request: Request, caller: Caller) -> Response:
         limit, cursor = page_params(request)
@@ -133,7 +135,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
         )
         q = request.query_params.get("q", "").lower()
         items = [view(g, True) for g in reply.grains if q in (g.title + g.app_title).lower()]
-        return JSONResponse({"items": items, "next_cursor": reply.page.next_page_token or None})
+        return page_json(items, reply.page)
 
     async def create_grain(request: Request, caller: Caller) -> Response:
         body = await json_body(request)
@@ -307,13 +309,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
 
     gid = "/api/v1/grains/{grain_id}"
     std = {"401": "No or bad token", "404": "No such grain (or no access)"}
-    lst = {
-        "type": "object",
-        "properties": {
-            "items": {"type": "array", "items": GRAIN_SCHEMA},
-            "next_cursor": {"type": ["string", "null"]},
-        },
-    }
+    lst = page_schema(GRAIN_SCHEMA)
     share_body = {
         "type": "object",
         "required": ["role"],

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_frontend.kvstore import Store, safe_key
-from grainhouse_proto import auth_pb2, grainmgr_pb2
+from grainhouse_proto import auth_pb2, common_pb2, grainmgr_pb2
 
 MAX_JSON_BYTES = 64 * 1024
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
@@ -77,6 +77,22 @@ def page_params(request: Request) -> tuple[int, str]:
     if len(cursor) > 200:
         raise GrainhouseError(Kind.INVALID, "cursor: not valid")
     return int(raw), cursor
+
+
+def page_json(items: list[Any], page: common_pb2.PageResponse) -> JSONResponse:
+    """One page of a listing: `items` and the opaque cursor of the next page (null = last)."""
+    return JSONResponse({"items": items, "next_cursor": page.next_page_token or None})
+
+
+def page_schema(item: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema of `page_json`'s body for items of schema `item`."""
+    return {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
 
 
 def grain_json(g: grainmgr_pb2.Grain) -> dict[str, Any]:
