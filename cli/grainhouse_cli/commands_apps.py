@@ -7,13 +7,11 @@ Never: reads a package whole into memory (it streams with a progress bar).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from grainhouse_cli.client import ApiError
 from grainhouse_cli.commands_common import (
     JsonOpt,
     UrlOpt,
@@ -24,6 +22,7 @@ from grainhouse_cli.commands_common import (
     progress_bar,
     run,
     table,
+    wait_task,
 )
 
 TASK_WAIT_SECONDS = 600
@@ -41,20 +40,7 @@ def install(
     def go() -> dict[str, Any]:
         with package.open("rb") as f, progress_bar("Uploading", size, as_json) as advance:
             task = cli.upload("/api/v1/apps", f, size, advance).json()
-        deadline = time.monotonic() + TASK_WAIT_SECONDS
-        while task["state"] == "running":
-            if time.monotonic() > deadline:
-                raise ApiError("the install did not finish in time", exit_code=6)
-            time.sleep(0.3)
-            task = cli.request("GET", f"/api/v1/tasks/{task['id']}").json()
-        if task["state"] != "succeeded":
-            error = task.get("error") or {}
-            status = int(error.get("status", 0))
-            raise ApiError(
-                f"install failed: {error.get('detail', 'unknown error')}",
-                status,
-                3 if status in (401, 403) else 1,
-            )
+        task = wait_task(cli, task, "install", TASK_WAIT_SECONDS)
         return dict(task["result"])
 
     result = run(go)

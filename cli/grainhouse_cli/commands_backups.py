@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import time
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -30,27 +29,12 @@ from grainhouse_cli.commands_common import (
     progress_bar,
     run,
     table,
+    wait_task,
 )
 
 TASK_WAIT_SECONDS = 3600
 backup_app = typer.Typer(help="Backups: make, list, download and restore.", no_args_is_help=True)
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until the task has finished.")]
-
-
-def wait_task(cli: Client, task: dict[str, Any], what: str) -> dict[str, Any]:
-    """Poll the task until it is final; a failed task raises with the server's reason."""
-    deadline = time.monotonic() + TASK_WAIT_SECONDS
-    while task["state"] == "running":
-        if time.monotonic() > deadline:
-            raise ApiError(f"the {what} did not finish in time", exit_code=6)
-        time.sleep(0.3)
-        task = cli.request("GET", f"/api/v1/tasks/{task['id']}").json()
-    if task["state"] != "succeeded":
-        error = task.get("error") or {}
-        status = int(error.get("status", 0) or 0)
-        code = 5 if status == 422 else 6 if error.get("retryable") else 1
-        raise ApiError(f"{what} failed: {error.get('detail', 'unknown error')}", status, code)
-    return task
 
 
 @backup_app.command("create")
@@ -72,7 +56,7 @@ def create(
         ).json()  # fmt: skip
         if not wait:
             return dict(task)
-        task = wait_task(cli, task, "backup")
+        task = wait_task(cli, task, "backup", TASK_WAIT_SECONDS)
         return dict(cli.request("GET", f"/api/v1/backups/{task['result']['backup_id']}").json())
 
     doc = run(go)
@@ -195,7 +179,7 @@ def restore(
                               headers={"Idempotency-Key": str(uuid.uuid4())}).json()  # fmt: skip
         if not wait:
             return dict(task)
-        task = wait_task(cli, task, "restore")
+        task = wait_task(cli, task, "restore", TASK_WAIT_SECONDS)
         return {"id": task["result"]["grain_id"], "url": task["result"]["url"],
                 "task": task["id"]}  # fmt: skip
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from grainhouse_cli.client import ApiError, Client
+from grainhouse_cli.client import ApiError, Client, exit_code_for
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else).")]
 UrlOpt = Annotated[
@@ -89,3 +90,23 @@ def paged(cli: Client, path: str, limit: int = 200) -> list[dict[str, Any]]:
         if not cursor:
             break
     return items
+
+
+def wait_task(cli: Client, task: dict[str, Any], what: str, seconds: float) -> dict[str, Any]:
+    """Poll a 202 task until it is final; a failed task raises with the server's reason.
+
+    Exit codes: the task error's HTTP status as everywhere (422 refused archive → 5), a
+    retryable failure or running out of `seconds` → 6.
+    """
+    deadline = time.monotonic() + seconds
+    while task["state"] == "running":
+        if time.monotonic() > deadline:
+            raise ApiError(f"the {what} did not finish in time", exit_code=6)
+        time.sleep(0.3)
+        task = cli.request("GET", f"/api/v1/tasks/{task['id']}").json()
+    if task["state"] != "succeeded":
+        error = task.get("error") or {}
+        status = int(error.get("status", 0) or 0)
+        code = 6 if error.get("retryable") else exit_code_for(status) if status else 1
+        raise ApiError(f"{what} failed: {error.get('detail', 'unknown error')}", status, code)
+    return task
