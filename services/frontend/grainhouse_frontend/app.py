@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from grainhouse_frontend import api as apimod
 from grainhouse_frontend import problem
 from grainhouse_frontend.grain_proxy import GrainProxy
-from grainhouse_frontend.http_metrics import HttpMetrics
+from grainhouse_frontend.http_metrics import GrainHttpMetrics, HttpMetrics
 from grainhouse_frontend.origins import Origins
 from grainhouse_frontend.pages import Ui
 
@@ -28,7 +28,7 @@ from grainhouse_frontend.pages import Ui
 class HostSplit:
     """Route a request by its Host header before any platform code sees it."""
 
-    def __init__(self, platform: ASGIApp, grains: GrainProxy, origins: Origins) -> None:
+    def __init__(self, platform: ASGIApp, grains: ASGIApp, origins: Origins) -> None:
         self.platform = platform
         self.grains = grains
         self.origins = origins
@@ -75,4 +75,5 @@ def build(
     measured = HttpMetrics(app, app.router)
     if grains is None:
         return measured
-    return HostSplit(measured, grains, grains.origins)
+    # Grain traffic is measured too, with fixed `grain:*` route labels (never the host).
+    return HostSplit(measured, GrainHttpMetrics(grains, grains.origins), grains.origins)

@@ -2,8 +2,17 @@
 
 Owns: `grainhouse_frontend_http_requests_total` and
 `grainhouse_frontend_http_request_duration_seconds`.
-Trusts: Starlette's router to say which route template matched.
-Never: labels with a raw path, query, grain id, user id or token.
+Trusts: Starlette's router to say which route template matched; `Origins.host_kind` to say
+which kind of grain host a request came to.
+Never: labels with a raw path, query, host, grain id, origin id, user id or token.
+
+Platform requests are labelled with their route template (`unmatched` when none). Grain traffic
+(the `ui-<id>.` and `api.` hosts, which never reach the platform router) gets one of three
+fixed labels: `grain:ui` (HTTP on a session origin, including unknown `ui-` origins),
+`grain:api` (HTTP on the API host) and `grain:websocket` (a WebSocket handshake on either).
+A WebSocket is counted once, when its handshake is answered (101 accepted, 403 refused, or
+the status of the HTTP answer that refused it); its duration is the time to that answer, not
+the socket's lifetime.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grainhouse_common.metrics import LATENCY_BUCKETS
+from grainhouse_frontend.origins import Origins
 
 REQUESTS = Counter(
     "grainhouse_frontend_http_requests_total",
@@ -28,6 +38,10 @@ SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+# WebDAV and CalDAV clients use these on the API host; still a fixed set.
+_GRAIN_METHODS = _METHODS | {"PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK",
+                             "REPORT", "MKCALENDAR"}  # fmt: skip
+GRAIN_UI, GRAIN_API, GRAIN_WEBSOCKET = "grain:ui", "grain:api", "grain:websocket"
 
 
 def route_template(router: Router, scope: Scope) -> str:
@@ -63,3 +77,70 @@ class HttpMetrics:
             method = scope["method"] if scope["method"] in _METHODS else "other"
             REQUESTS.labels(method=method, route=route, status=str(status)).inc()
             SECONDS.labels(route=route).observe(time.perf_counter() - start)
+
+
+def _host(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return str(value.decode("latin-1"))
+    return ""
+
+
+class GrainHttpMetrics:
+    """The same two families for grain traffic, with the fixed `grain:*` route labels."""
+
+    def __init__(self, app: ASGIApp, origins: Origins) -> None:
+        self.app = app
+        self.origins = origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        kind = self.origins.host_kind(_host(scope))
+        route = GRAIN_API if kind is not None and kind[0] == "api" else GRAIN_UI
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            method = scope["method"] if scope["method"] in _GRAIN_METHODS else "other"
+            REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+            SECONDS.labels(route=route).observe(time.perf_counter() - start)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        counted = False
+
+        def count(status: int) -> None:
+            nonlocal counted
+            if counted:
+                return
+            counted = True
+            REQUESTS.labels(method="GET", route=GRAIN_WEBSOCKET, status=str(status)).inc()
+            SECONDS.labels(route=GRAIN_WEBSOCKET).observe(time.perf_counter() - start)
+
+        async def send_wrapper(message: Message) -> None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                count(101)
+            elif kind == "websocket.close":
+                count(403)  # a close before the accept is a refused handshake (ASGI spec)
+            elif kind == "websocket.http.response.start":
+                count(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            count(500)  # no answer at all (the app failed, or the client left first)

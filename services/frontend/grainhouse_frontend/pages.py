@@ -45,6 +45,10 @@ class Ui(SignInPages, GrainPages, BackupPages, AccountPages):
             Route("/grain/{grain_id}/backup", self.grain_backup, methods=["GET", "POST"]),
             Route("/backups", self.backups, methods=["GET"]),
             Route("/backups/restore", self.backup_restore, methods=["POST"]),
+            Route("/backups/schedules", self.schedule_create, methods=["POST"]),
+            Route(
+                "/backups/schedules/{schedule_id}/delete", self.schedule_delete, methods=["POST"]
+            ),
             Route("/backups/{backup_id}/download", self.backup_download, methods=["GET"]),
             Route("/backups/{backup_id}/delete", self.backup_delete, methods=["POST"]),
             Route("/grain/{grain_id}/{op}", self.grain_op, methods=["POST"]),

@@ -185,7 +185,7 @@ class AccountPages(UiBase):
             n[1] += g.size_bytes
         acc = [
             {"account_id": a.account_id, "display_name": a.display_name, "email": a.email,
-             "is_admin": a.is_admin, "disabled": a.disabled,
+             "is_admin": a.is_admin, "disabled": a.disabled, "is_visitor": a.is_visitor,
              "is_self": a.account_id == user.account_id,
              "grains": per_user.get(a.account_id, [0, 0])[0],
              "size": human_size(per_user.get(a.account_id, [0, 0])[1])}
@@ -205,8 +205,16 @@ class AccountPages(UiBase):
              "by": names.get(i.created_by, i.created_by)}
             for i in invitations.invitations
         ]  # fmt: skip
+        # Storage per owner, biggest first: every owner with a grain (trashed ones count, they
+        # still use the disk), including owners the account list no longer names.
+        storage = [
+            {"account_id": owner, "owner": names.get(owner, owner), "grains": n[0], "bytes": n[1],
+             "size": human_size(n[1])}
+            for owner, n in sorted(per_user.items(), key=lambda kv: -kv[1][1])
+        ]  # fmt: skip
         gs = [
-            {"title": g.title, "app_title": g.app_title, "size": human_size(g.size_bytes),
+            {"grain_id": g.grain_id, "title": g.title, "app_title": g.app_title,
+             "size": human_size(g.size_bytes), "bytes": g.size_bytes,
              "owner": names.get(g.owner_account_id, g.owner_account_id)}
             for g in sorted(grains.grains, key=lambda g: -g.size_bytes)
         ]  # fmt: skip
@@ -223,6 +231,7 @@ class AccountPages(UiBase):
             accounts=acc,
             invitations=invs,
             grains=gs,
+            storage=storage,
             apps=ap,
             section="admin",
             title="Admin",
@@ -249,12 +258,14 @@ class AccountPages(UiBase):
         return await self._admin_page(request, user, invite_url=made.url)
 
     async def admin_user(self, request: Request) -> Response:
-        """Disable or enable an account (POST /admin/users/{account_id}/{op})."""
+        """Disable, enable, promote or make a visitor (POST /admin/users/{account_id}/{op})."""
         user = await self.need_user(request)
         if not isinstance(user, WebUser):
             return user
         await self.post_form(request, user)
         op = request.path_params["op"]
+        if op in ("promote", "make-visitor"):
+            return await self._admin_visitor(request, user, visitor=op == "make-visitor")
         if op not in ("disable", "enable"):
             return self.message(request, user, "Not found", "No such action.", 404)
         try:
@@ -274,6 +285,23 @@ class AccountPages(UiBase):
             if done.account.disabled
             else "enabled"
         )
+        return await self._admin_page(request, user, notice=f"{name} is {verb}.")
+
+    async def _admin_visitor(self, request: Request, user: WebUser, visitor: bool) -> Response:
+        """Promote a visitor to a full user (may create grains), or make a user a visitor."""
+        try:
+            done = await self.d.auth.SetAccountVisitor(
+                auth_pb2.SetAccountVisitorRequest(
+                    caller=user.credential(),
+                    account_id=request.path_params["account_id"],
+                    visitor=visitor,
+                ),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return self.fail(request, user, exc)
+        name = done.account.display_name
+        verb = "a visitor now" if done.account.is_visitor else "a full user now: can create grains"
         return await self._admin_page(request, user, notice=f"{name} is {verb}.")
 
     async def admin_invitation_revoke(self, request: Request) -> Response:

@@ -1,11 +1,12 @@
-"""Web UI for backups: a grain's backups (make one, download, delete), all your backups, and a
-restore by upload into a new grain.
+"""Web UI for backups: a grain's backups (make one, download, delete), all your backups, a
+restore by upload into a new grain, and your backup schedules (list, create, delete).
 
 Owns: the pages /grain/{grain_id}/backup and /backups, the browser's download link
-/backups/{backup_id}/download (same Range rules as the REST API) and the restore upload.
+/backups/{backup_id}/download (same Range rules as the REST API), the restore upload and the
+schedule forms /backups/schedules and /backups/schedules/{schedule_id}/delete.
 Trusts: grainmgr for who owns a grain; backup for its records, filtered by the signed-in owner.
 Never: accepts a form or an upload without its CSRF token; holds an archive whole; shows a
-backup or task of another account (backup answers NOT_FOUND for them).
+backup, task or schedule of another account (backup answers NOT_FOUND for them).
 """
 
 from __future__ import annotations
@@ -25,6 +26,26 @@ from grainhouse_proto import backup_pb2 as bpb
 from grainhouse_proto import common_pb2, grainmgr_pb2
 
 REFRESH_SECONDS = "2"  # while a task runs, the page reloads itself (no script needed)
+MAX_KEEP = 1000  # the form's bound on "keep N" (the REST API allows up to 10000)
+SCHEDULE_NOTICES = {
+    "schedule-made": "The schedule is set. Its first backup runs when it is due.",
+    "schedule-deleted": "The schedule was deleted. The backups it made stay.",
+}
+
+
+def schedule_view(s: bpb.Schedule, titles: dict[str, str]) -> dict[str, Any]:
+    r = s.retention
+    keep = [f"last {r.keep_last}"] if r.keep_last else []
+    keep += [f"{r.keep_daily} daily"] if r.keep_daily else []
+    keep += [f"{r.keep_weekly} weekly"] if r.keep_weekly else []
+    return {
+        "schedule_id": s.schedule_id,
+        "what": titles.get(s.grain_id, "a grain") if s.grain_id else "All your grains",
+        "frequency": rest_backups.FREQUENCY_NAME.get(s.frequency, "daily"),
+        "keep": ", ".join(keep),
+        "next": when(s.next_run_at),
+        "last": when(s.last_run_at),
+    }
 
 
 def backup_view(b: bpb.BackupInfo) -> dict[str, Any]:
@@ -70,7 +91,8 @@ class BackupPages(UiBase):
 
     def _page(self, request: Request, user: WebUser, **ctx: Any) -> Response:
         task = ctx.get("task")
-        response = self.render(request, "backups.html", user, section="grains", **ctx)
+        section = "grains" if ctx.get("grain") is not None else "backups"
+        response = self.render(request, "backups.html", user, section=section, **ctx)
         if task is not None and task["state"] == "running":
             response.headers["Refresh"] = REFRESH_SECONDS
         return response
@@ -100,6 +122,22 @@ class BackupPages(UiBase):
         return self._page(request, user, grain=grain, backups=backups, task=task,
                           title=f"Backups of {grain.title}")  # fmt: skip
 
+    async def _schedules(self, user: WebUser) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """The caller's schedules, and their grains (for the form's choice and the titles)."""
+        grains = await self.d.grainmgr.ListGrains(
+            grainmgr_pb2.ListGrainsRequest(owner_account_id=user.account_id,
+                                           page=common_pb2.PageRequest(page_size=500)),
+            timeout=10,
+        )  # fmt: skip
+        titles = {g.grain_id: g.title for g in grains.grains}
+        reply = await self.d.backup.ListSchedules(
+            bpb.ListSchedulesRequest(owner_account_id=user.account_id,
+                                     page=common_pb2.PageRequest(page_size=200)),
+            timeout=10,
+        )  # fmt: skip
+        choices = [{"grain_id": g.grain_id, "title": g.title} for g in grains.grains]
+        return [schedule_view(s, titles) for s in reply.schedules], choices
+
     async def backups(self, request: Request) -> Response:
         user = await self.need_user(request)
         if not isinstance(user, WebUser):
@@ -107,9 +145,60 @@ class BackupPages(UiBase):
         try:
             task = await self._task(request, user)
             backups = await self._list(user)
+            schedules, choices = await self._schedules(user)
         except grpc.aio.AioRpcError as exc:
             return self.fail(request, user, exc)
-        return self._page(request, user, grain=None, backups=backups, task=task, title="Backups")
+        notice = SCHEDULE_NOTICES.get(request.query_params.get("done", ""), "")
+        extra = {"notice": notice} if notice else {}
+        return self._page(request, user, grain=None, backups=backups, task=task, title="Backups",
+                          schedules=schedules, schedule_grains=choices, **extra)  # fmt: skip
+
+    async def schedule_create(self, request: Request) -> Response:
+        """POST /backups/schedules (form): what (a grain id or "all"), frequency, keep N."""
+        user = await self.need_user(request)
+        if not isinstance(user, WebUser):
+            return user
+        form = await self.post_form(request, user)
+        frequency = rest_backups.FREQUENCY.get(form.get("frequency", ""))
+        what = form.get("what", "").strip()
+        try:
+            keep = int(form.get("keep", ""))
+        except ValueError:
+            keep = 0
+        try:
+            if frequency is None or not what:
+                raise GrainhouseError(Kind.INVALID, "Choose what to back up and how often.")
+            if not 1 <= keep <= MAX_KEEP:
+                raise GrainhouseError(Kind.INVALID, f"Keep between 1 and {MAX_KEEP} backups.")
+            req = bpb.CreateScheduleRequest(
+                owner_account_id=user.account_id, acting_account_id=user.account_id,
+                frequency=frequency, retention=bpb.Retention(keep_last=keep),
+            )  # fmt: skip
+            if what == "all":
+                req.all_grains_of_account_id = user.account_id
+            else:
+                await self._owned(user, what)
+                req.grain_id = what
+            await self.d.backup.CreateSchedule(req, timeout=10)
+        except (grpc.aio.AioRpcError, GrainhouseError) as exc:
+            return self.fail(request, user, exc)
+        return RedirectResponse("/backups?done=schedule-made", status_code=303)
+
+    async def schedule_delete(self, request: Request) -> Response:
+        user = await self.need_user(request)
+        if not isinstance(user, WebUser):
+            return user
+        await self.post_form(request, user)
+        try:
+            await self.d.backup.DeleteSchedule(
+                bpb.DeleteScheduleRequest(schedule_id=request.path_params["schedule_id"],
+                                          owner_account_id=user.account_id,
+                                          acting_account_id=user.account_id),
+                timeout=10,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            return self.fail(request, user, exc)
+        return RedirectResponse("/backups?done=schedule-deleted", status_code=303)
 
     async def backup_download(self, request: Request) -> Response:
         user = await self.need_user(request)
