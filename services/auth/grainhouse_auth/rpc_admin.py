@@ -165,6 +165,9 @@ class AdminRpcs(ServicerBase):
             account = await accounts.get(conn, target.account_id)
             assert account is not None
         if target.is_visitor != request.visitor:
+            # The right to create grains is part of every cached identity of the account: drop
+            # them everywhere now (the revocation subject), not when their cache time runs out.
+            await self.events.revoked(account_id=account.account_id)
             await self.events.audit(
                 "account_promoted" if not request.visitor else "account_made_visitor",
                 account_id=account.account_id,

@@ -41,7 +41,8 @@ TOKEN_SCHEMA = {"type": "object", "properties": {
 USER_SCHEMA = {"type": "object", "required": ["id", "disabled"], "properties": {
     "id": {"type": "string"}, "email": {"type": "string"}, "display_name": {"type": "string"},
     "is_admin": {"type": "boolean"}, "totp_enabled": {"type": "boolean"},
-    "disabled": {"type": "boolean"}, "created_at": {"type": ["string", "null"]},
+    "disabled": {"type": "boolean"}, "visitor": {"type": "boolean"},
+    "created_at": {"type": ["string", "null"]},
     "last_login_at": {"type": ["string", "null"]}}}  # fmt: skip
 INVITATION_SCHEMA = {"type": "object", "required": ["id", "state"], "properties": {
     "id": {"type": "string"}, "email": {"type": "string"}, "admin": {"type": "boolean"},
@@ -56,7 +57,8 @@ _MAX_USER_PAGES = 40
 def user_json(a: auth_pb2.Account) -> dict[str, Any]:
     return {"id": a.account_id, "email": a.email, "display_name": a.display_name,
             "is_admin": a.is_admin, "totp_enabled": a.totp_enabled, "disabled": a.disabled,
-            "created_at": iso(a.created_at), "last_login_at": iso(a.last_login_at)}  # fmt: skip
+            "visitor": a.is_visitor, "created_at": iso(a.created_at),
+            "last_login_at": iso(a.last_login_at)}  # fmt: skip
 
 
 def user_etag(doc: dict[str, Any]) -> str:
@@ -166,16 +168,27 @@ def routes(deps: Deps) -> list[ApiRoute]:
         current = user_json(await find_user(caller, account_id))
         if not if_match_ok(request, user_etag(current)):
             return problem(412, "the account changed since you read it (If-Match)")
-        if "disabled" not in body:
+        if not {"disabled", "visitor"} & body.keys():
             return JSONResponse(current, headers={"ETag": user_etag(current)})
-        reply = await deps.auth.SetAccountDisabled(
-            auth_pb2.SetAccountDisabledRequest(
-                caller=cred(caller), account_id=account_id,
-                disabled=field(body, "disabled", bool),
-            ),
-            timeout=10,
-        )  # fmt: skip
-        doc = user_json(reply.account)
+        account = None
+        if "visitor" in body:
+            account = (await deps.auth.SetAccountVisitor(
+                auth_pb2.SetAccountVisitorRequest(
+                    caller=cred(caller), account_id=account_id,
+                    visitor=field(body, "visitor", bool),
+                ),
+                timeout=10,
+            )).account  # fmt: skip
+        if "disabled" in body:
+            account = (await deps.auth.SetAccountDisabled(
+                auth_pb2.SetAccountDisabledRequest(
+                    caller=cred(caller), account_id=account_id,
+                    disabled=field(body, "disabled", bool),
+                ),
+                timeout=10,
+            )).account  # fmt: skip
+        assert account is not None
+        doc = user_json(account)
         return JSONResponse(doc, headers={"ETag": user_etag(doc)})
 
     async def invitations(request: Request, caller: Caller) -> Response:
@@ -243,13 +256,16 @@ def routes(deps: Deps) -> list[ApiRoute]:
                  {"200": "The account", "403": "Not admin", "404": "No such account", **tok},
                  USER_SCHEMA),
         ApiRoute("/api/v1/admin/users/{account_id}", "PATCH",
-                 "Disable or enable an account (admin, If-Match); disabling revokes its "
-                 "sessions and API tokens at once", "admin", patch_user,
+                 "Disable or enable an account, or make it a visitor / promote it to a full "
+                 "user (admin, If-Match); disabling revokes its sessions and API tokens at "
+                 "once", "admin", patch_user,
                  {"200": "The account as it is now", "400": "Bad input", "403": "Not admin",
                   "404": "No such account",
-                  "409": "Your own account, the operator, or the last enabled admin",
+                  "409": "Your own account, the operator, the last enabled admin, or an "
+                         "admin made a visitor",
                   "412": "If-Match failed", **tok}, USER_SCHEMA,
-                 body={"type": "object", "properties": {"disabled": {"type": "boolean"}}}),
+                 body={"type": "object", "properties": {"disabled": {"type": "boolean"},
+                                                        "visitor": {"type": "boolean"}}}),
         ApiRoute("/api/v1/admin/invitations", "GET",
                  "Invitations (admin): open ones, or all=true for used and expired too",
                  "admin", invitations,

@@ -70,6 +70,29 @@ def test_disabling_revokes_session_and_token_at_once_and_enabling_allows_login(
     assert api.api("GET", "/me").status == 401
 
 
+def test_rest_makes_a_user_a_visitor_and_promotes_them_back(
+    stack: Stack, admin: Client, admin_api: Client
+) -> None:
+    user = sign_up(stack, admin, "Vera Visitor", "vera@example.org")
+    api = Client(stack.url, token=make_token(user, "write"))
+    uid = account_id(api)
+    assert api.api("GET", "/me").json()["can_create_grains"] is True
+
+    assert api.api("PATCH", f"/admin/users/{uid}", {"visitor": True}).status == 403
+    made = patch_user(admin_api, uid, {"visitor": True})
+    assert made.status == 200 and made.json()["visitor"] is True, made.text
+    assert until(lambda: api.api("GET", "/me").json()["can_create_grains"] is False, 5.0)
+    refused = api.api("POST", "/grains", {"app_id": "x" * 52, "title": "Nope"})
+    assert refused.status == 403, refused.text
+
+    back = patch_user(admin_api, uid, {"visitor": False})
+    assert back.status == 200 and back.json()["visitor"] is False
+    assert until(lambda: api.api("GET", "/me").json()["can_create_grains"] is True, 5.0)
+    # An admin cannot be a visitor.
+    me = account_id(admin_api)
+    assert patch_user(admin_api, me, {"visitor": True}).status == 409
+
+
 def test_an_admin_cannot_disable_themselves_and_unknown_accounts_are_404(
     admin_api: Client,
 ) -> None:
