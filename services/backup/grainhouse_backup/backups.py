@@ -416,7 +416,7 @@ class Engine:
             raise _refusal(raw)
         try:
             meta = archive.parse_metadata(raw)
-        except archive.MetadataError as exc:  # the validator accepted it: not ours to judge
+        except archive.MetadataError as exc:  # not expected: the validator parsed these bytes
             raise TaskFailure("archive refused: bad metadata", refusal="BAD_METADATA") from exc
         del raw
         await self._check_app(meta.header)

@@ -41,7 +41,7 @@ class BackupSettings(ServiceSettings):
         1024**3, gt=64 * 1024**2, description="Address-space limit of the validator process."
     )
     validator_timeout_seconds: float = Field(
-        900, gt=0, description="Wall-clock limit of one archive validation."
+        900, gt=0, description="Wall-clock limit of one restore's validation and import."
     )
     compress_level: int = Field(6, ge=0, le=9, description="Deflate level of archives (zip's 6).")
     max_tasks_per_owner: int = Field(4, gt=0, description="Backups/restores running per owner.")

@@ -158,10 +158,10 @@ class Freezer:
                 paths[name] = path
         mounts = _mounts()
         for key, version, control in (("freezer", 1, "freezer.state"), ("", 2, "cgroup.freeze")):
-            path = paths.get(key)
-            if path is None or key not in mounts or os.path.basename(path) != grain_id:
+            found = paths.get(key)
+            if found is None or key not in mounts or os.path.basename(found) != grain_id:
                 continue
-            directory = mounts[key] + path
+            directory = mounts[key] + found
             if os.access(os.path.join(directory, control), os.W_OK):
                 return cls(version, directory)
         return None

@@ -9,6 +9,8 @@ client that cancels mid-stream gets the grain thawed too.
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,16 @@ import pytest
 from grainhouse_proto import common_pb2
 from grainhouse_proto import grainmgr_pb2 as gpb
 
-from .conftest import OWNER, Platform, install_writer, latest
+from .conftest import (
+    OWNER,
+    Platform,
+    Stack,
+    connect,
+    install_writer,
+    latest,
+    make_data_root,
+    new_grain,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("backup-stack")]
 # Far more than gRPC's flow-control windows hold: a client that stops reading stops grainmgr
@@ -57,8 +68,8 @@ def staging_entries(p: Platform) -> list[str]:
     return [e.name for root in roots for e in root.iterdir()]
 
 
-@pytest.fixture
-def busy(platform: Platform, tmp_path: Path) -> Iterator[Busy]:
+def start_busy(platform: Platform, tmp_path: Path) -> Busy:
+    """A running writer grain with a big sparse file in its /var."""
     if not FREEZER_ROOT.is_dir():
         pytest.skip("this machine has no cgroup v1 freezer")
     package = install_writer(platform, tmp_path)
@@ -85,11 +96,17 @@ def busy(platform: Platform, tmp_path: Path) -> Iterator[Busy]:
     assert len(found) == 1, f"the grain's freezer cgroup: {found}"
     b = Busy(grain.grain_id, var, found[0])
     assert freezer_state(b) == "THAWED"
+    return b
+
+
+@pytest.fixture
+def busy(platform: Platform, tmp_path: Path) -> Iterator[Busy]:
+    b = start_busy(platform, tmp_path)
     try:
         yield b
     finally:
-        (var / "big.bin").unlink(missing_ok=True)
-        platform.grainmgr.StopGrain(gpb.StopGrainRequest(grain_id=grain.grain_id), timeout=60)
+        (b.var / "big.bin").unlink(missing_ok=True)
+        platform.grainmgr.StopGrain(gpb.StopGrainRequest(grain_id=b.grain_id), timeout=60)
 
 
 def export(p: Platform, grain_id: str) -> Iterator[gpb.GrainArchivePart]:
@@ -147,3 +164,96 @@ def test_cancelling_an_export_mid_stream_thaws_the_grain(platform: Platform, bus
     assert parts[-1].WhichOneof("part") == "trailer"
     assert freezer_state(busy) == "THAWED"
     assert os.path.exists(busy.var / "latest")
+
+
+# Housekeeping as eager as it gets: a grain idle for IDLE_STOP_SECONDS is stopped, and a bridge
+# is pinged every half second (a ping unanswered for 10 s kills the grain).
+IDLE_STOP_SECONDS = 12
+HELD_SECONDS = 16  # frozen longer than both the idle time and the ping timeout
+
+
+@pytest.fixture
+def eager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    root = make_data_root()
+    stack = Stack(
+        root,
+        {
+            "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": str(IDLE_STOP_SECONDS),
+            "GRAINHOUSE_GRAINMGR_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
+            "GRAINHOUSE_GRAINMGR_PING_INTERVAL_SECONDS": "0.5",
+        },
+    )
+    plat = None
+    try:
+        stack.start()
+        plat = connect(stack, tmp_path_factory.mktemp("pkg"))
+        yield plat
+    finally:
+        if plat is not None:
+            plat.close()
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_housekeeping_leaves_a_frozen_grain_alone(eager: Platform, tmp_path: Path) -> None:
+    busy = start_busy(eager, tmp_path)
+    before = pids(busy)
+    call = export(eager, busy.grain_id)
+    assert next(call).WhichOneof("part") == "header"
+    next(call)
+    assert freezer_state(busy) == "FROZEN"
+    time.sleep(HELD_SECONDS)  # housekeeping runs ~30 times meanwhile
+    assert freezer_state(busy) == "FROZEN"
+    assert pids(busy) == before, "a frozen grain was killed (ping) or stopped (idle)"
+    counter = latest(busy.var)
+    parts = list(call)
+    assert parts[-1].WhichOneof("part") == "trailer"
+    # Thawed, not stopped or restarted: its frozen time did not count as idle.
+    wait_until("the grain did not resume", lambda: latest(busy.var) > counter, IDLE_STOP_SECONDS)
+    assert pids(busy) == before
+    grain = eager.grainmgr.GetGrain(gpb.GetGrainRequest(grain_id=busy.grain_id), timeout=10)
+    assert grain.state == gpb.GRAIN_STATE_RUNNING
+
+
+def test_a_stopped_grain_is_kept_from_starting_until_the_export_ends(
+    platform: Platform, tmp_path: Path
+) -> None:
+    grain = new_grain(platform, "Stopped while exported")
+    platform.grainmgr.StopGrain(gpb.StopGrainRequest(grain_id=grain.grain_id), timeout=60)
+    var = platform.var_dir(grain.grain_id)
+    with (var / "big.bin").open("wb") as f:
+        f.truncate(BIG_FILE_BYTES)
+    call = export(platform, grain.grain_id)
+    assert next(call).WhichOneof("part") == "header"
+    next(call)
+    opened: list[object] = []
+
+    def open_session() -> None:
+        opened.append(
+            platform.grainmgr.OpenSession(
+                gpb.OpenSessionRequest(
+                    grain_id=grain.grain_id,
+                    identity=common_pb2.AppIdentity(user_id="u" * 32, display_name="U"),
+                    permissions=["view"],
+                    session_type=gpb.SESSION_TYPE_NORMAL,
+                    tab_id="t1",
+                    base_path="http://ui-test.localhost",
+                ),
+                timeout=120,
+            )
+        )
+
+    opener = threading.Thread(target=open_session)
+    opener.start()
+    time.sleep(1.0)
+    # The open waits (bounded) instead of starting the grain under the export.
+    assert not opened
+    state = platform.grainmgr.GetGrain(gpb.GetGrainRequest(grain_id=grain.grain_id), timeout=10)
+    assert state.state == gpb.GRAIN_STATE_STOPPED
+    assert list(call)[-1].WhichOneof("part") == "trailer"
+    opener.join(120)
+    assert opened, "the open did not go ahead once the export ended"
+    state = platform.grainmgr.GetGrain(gpb.GetGrainRequest(grain_id=grain.grain_id), timeout=10)
+    assert state.state == gpb.GRAIN_STATE_RUNNING
+    (var / "big.bin").unlink()
+    platform.grainmgr.StopGrain(gpb.StopGrainRequest(grain_id=grain.grain_id), timeout=60)
