@@ -45,7 +45,7 @@ lint: setup ## ruff, import-linter contracts, mypy on libs/ and the CLI
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/lint-imports
-	@$(VENV)/bin/mypy libs/common/grainhouse_common libs/package/grainhouse_package cli/grainhouse_cli
+	@$(VENV)/bin/mypy --no-incremental libs/common/grainhouse_common libs/package/grainhouse_package cli/grainhouse_cli
 
 typecheck: setup ## mypy on the shared library and the CLI
 	@$(VENV)/bin/mypy libs/common/grainhouse_common cli/grainhouse_cli
