@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grainhouse_backup import archive, metrics, validator
 from grainhouse_backup.storage import LocalStorage, StorageError
 from grainhouse_backup.store import CREATE, QUEUED, RESTORE, BackupRow, Store, TaskRow
+from grainhouse_backup.writer_thread import WriterThread
 from grainhouse_common import __version__ as platform_version
 from grainhouse_common.timestamps import maybe_timestamp as stamp_of
 from grainhouse_proto import backup_pb2 as bpb
@@ -266,9 +267,15 @@ class Engine:
         touch: Callable[[], Awaitable[None]] | None,
     ) -> tuple[archive.Metadata, gpb.GrainArchiveHeader]:
         writer = await asyncio.to_thread(archive.ArchiveWriter, sink, self.config.compress_level)
+        pipe = WriterThread()
         try:
-            return await self._parts(call, writer, task, touch)
+            return await self._parts(call, writer, pipe, task, touch)
+        except ValueError as exc:  # the writer's own check of the stream's order and sizes
+            pipe.abandon()
+            writer.abandon()
+            raise TaskFailure(f"export stream is inconsistent: {exc}") from exc
         except BaseException:
+            pipe.abandon()
             writer.abandon()
             raise
 
@@ -276,9 +283,11 @@ class Engine:
         self,
         call: AsyncIterator[gpb.GrainArchivePart],
         writer: archive.ArchiveWriter,
+        pipe: WriterThread,
         task: TaskRow,
         touch: Callable[[], Awaitable[None]] | None,
     ) -> tuple[archive.Metadata, gpb.GrainArchiveHeader]:
+        """Receive parts here and hand the writing to `pipe`'s thread, in stream order."""
         header: gpb.GrainArchiveHeader | None = None
         digest = hashlib.sha256()
         done = 0
@@ -301,19 +310,16 @@ class Engine:
                 mtime = f.modified_at.ToDatetime(dt.UTC).timestamp()
                 kind = _TYPES.get(f.type)
                 if kind == archive.DIRECTORY:
-                    await asyncio.to_thread(writer.add_directory, f.path, f.mode, mtime)
+                    await pipe.put(writer.add_directory, f.path, f.mode, mtime)
                 elif kind == archive.SYMLINK:
-                    await asyncio.to_thread(writer.add_symlink, f.path, f.symlink_target, mtime)
+                    await pipe.put(writer.add_symlink, f.path, f.symlink_target, mtime)
                 elif kind == archive.REGULAR:
-                    await asyncio.to_thread(writer.begin_file, f.path, f.mode, mtime, f.size_bytes)
+                    await pipe.put(writer.begin_file, f.path, f.mode, mtime, f.size_bytes)
                 else:
                     raise TaskFailure("export stream has an entry of unknown type")
             elif which == "data":
-                digest.update(part.data)
-                try:
-                    await asyncio.to_thread(writer.write, part.data)
-                except ValueError as exc:
-                    raise TaskFailure(f"export stream is inconsistent: {exc}") from exc
+                await pipe.put(digest.update, part.data)
+                await pipe.put(writer.write, part.data)
                 done += len(part.data)
                 if time.monotonic() - last_report > 2:
                     last_report = time.monotonic()
@@ -321,6 +327,7 @@ class Engine:
                     if touch is not None:
                         await touch()
             elif which == "trailer":
+                await pipe.close()  # every part written (or its error raised) before totals
                 t = part.trailer
                 if (t.file_count, t.total_bytes, t.data_sha256) != (
                     count,
