@@ -306,6 +306,10 @@ interface SessionHandle {
 # Section 4 — Platform: what a grain may call on the platform (bootstrap capability grainmgr
 # exports on fd 3; the bridge offers the same capability to the app on `appApiSocket`).
 # Everything here acts on the calling grain only; there is no way to name another grain.
+# STATUS: specified, not yet served. grainmgr does not export Platform yet and the bridge does
+# not listen on `appApiSocket`; an app that connects there gets "connection refused". The
+# interface is kept here so that apps and the platform agree on it before it ships
+# (docs/grains.md, "Not implemented yet").
 # =============================================================================================
 
 interface Platform {
