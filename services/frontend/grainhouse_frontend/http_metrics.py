@@ -18,6 +18,7 @@ the socket's lifetime.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import Counter, Histogram
 from starlette.routing import Match, Router
@@ -61,22 +62,36 @@ class HttpMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        status = 500
+        await _counted(
+            self.app, scope, receive, send, lambda: route_template(self.router, scope), _METHODS
+        )
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = route_template(self.router, scope)
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            SECONDS.labels(route=route).observe(time.perf_counter() - start)
+async def _counted(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    route: Callable[[], str],
+    methods: set[str],
+) -> None:
+    """Run one HTTP request through `app` and count it under `route()` (a bounded label)."""
+    start = time.perf_counter()
+    status = 500
+
+    async def send_wrapper(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        await send(message)
+
+    try:
+        await app(scope, receive, send_wrapper)
+    finally:
+        label = route()
+        method = scope["method"] if scope["method"] in methods else "other"
+        REQUESTS.labels(method=method, route=label, status=str(status)).inc()
+        SECONDS.labels(route=label).observe(time.perf_counter() - start)
 
 
 def _host(scope: Scope) -> str:
@@ -102,21 +117,7 @@ class GrainHttpMetrics:
             return
         kind = self.origins.host_kind(_host(scope))
         route = GRAIN_API if kind is not None and kind[0] == "api" else GRAIN_UI
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            method = scope["method"] if scope["method"] in _GRAIN_METHODS else "other"
-            REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            SECONDS.labels(route=route).observe(time.perf_counter() - start)
+        await _counted(self.app, scope, receive, send, lambda: route, _GRAIN_METHODS)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
