@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from loadgen import say, wrk  # noqa: E402 - bench/ is the script's own directory
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 - needs the repo root
 from tests.integration.frontend.harness import (  # noqa: E402
@@ -66,58 +67,15 @@ TIMING_JS = """() => {
 }"""
 
 
-def say(*what: object) -> None:
-    print(*what, file=sys.stderr, flush=True)
-
-
-# -- wrk ------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not found:
-        raise ValueError(text)
-    return float(found.group(1)) * _UNITS[found.group(2)]
-
-
-def wrk(url: str, seconds: int, headers: dict[str, str]) -> dict[str, Any]:
-    argv = ["wrk", "--latency", "--timeout", "10s", "-t", "2", "-c", str(CONNECTIONS)]
-    argv += ["-d", f"{seconds}s"]
-    for k, v in headers.items():
-        argv += ["-H", f"{k}: {v}"]
-    out = subprocess.run(
-        [*argv, url], capture_output=True, text=True, check=True, timeout=seconds + 60
-    ).stdout
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"\s50%\s+(\S+)", out)
-    p99 = re.search(r"\s99%\s+(\S+)", out)
-    if not (rate and p50 and p99):
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    result: dict[str, Any] = {
-        "req_per_s": float(rate.group(1)),
-        "p50_ms": round(_ms(p50.group(1)), 3),
-        "p99_ms": round(_ms(p99.group(1)), 3),
-    }
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock_err = re.search(r"Socket errors: (.*)", out)
-    if errors:
-        result["non_2xx"] = int(errors.group(1))
-    if sock_err:
-        result["socket_errors"] = sock_err.group(1).strip()
-    return result
-
-
 def api_figures(stack: Stack, token: str, seconds: int) -> dict[str, Any]:
     bearer = {"Authorization": f"Bearer {token}"}
     say("wrk warm-up")
-    wrk(stack.url + "/healthz", 1, {})
-    wrk(stack.url + "/api/v1/grains", 1, bearer)
+    wrk(stack.url + "/healthz", CONNECTIONS, 1, {})
+    wrk(stack.url + "/api/v1/grains", CONNECTIONS, 1, bearer)
     say(f"wrk /healthz, {CONNECTIONS} connections, {seconds}s")
-    base = wrk(stack.url + "/healthz", seconds, {})
+    base = wrk(stack.url + "/healthz", CONNECTIONS, seconds, {})
     say(f"wrk /api/v1/grains, {CONNECTIONS} connections, {seconds}s")
-    grains = wrk(stack.url + "/api/v1/grains", seconds, bearer)
+    grains = wrk(stack.url + "/api/v1/grains", CONNECTIONS, seconds, bearer)
     return {
         "connections": CONNECTIONS,
         "seconds": seconds,

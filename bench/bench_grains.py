@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -37,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from loadgen import wrk  # noqa: E402 - bench/ is the script's own directory
 
 from tests.integration.frontend.harness import (  # noqa: E402 - needs the repo root on the path
     Client,
@@ -148,41 +149,6 @@ def bare_start_ms(hello_dir: Path) -> float:
         return (time.perf_counter() - t0) * 1000
     finally:
         stop_proc(proc)
-
-
-# -- wrk ------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    found = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not found:
-        raise ValueError(text)
-    return float(found.group(1)) * _UNITS[found.group(2)]
-
-
-def wrk(url: str, connections: int, seconds: int, headers: dict[str, str]) -> dict[str, Any]:
-    # --timeout: a slow full path must show in p99, not as reconnects (wrk drops at 2 s).
-    argv = ["wrk", "--latency", "--timeout", "10s", "-t", "2", "-c", str(connections)]
-    argv += ["-d", f"{seconds}s"]
-    for k, v in headers.items():
-        argv += ["-H", f"{k}: {v}"]
-    out = subprocess.run(
-        [*argv, url], capture_output=True, text=True, check=True, timeout=seconds + 60
-    ).stdout
-    result: dict[str, Any] = {
-        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-    }
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock_err = re.search(r"Socket errors: (.*)", out)
-    if errors:
-        result["non_2xx"] = int(errors.group(1))
-    if sock_err:
-        result["socket_errors"] = sock_err.group(1).strip()
-    return result
 
 
 def compare(direct: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
