@@ -16,7 +16,7 @@ import pytest
 
 from grainhouse_package import generate_key, pack_directory
 from grainhouse_proto import backup_pb2 as bpb
-from grainhouse_proto import backup_pb2_grpc, grainmgr_pb2_grpc
+from grainhouse_proto import backup_pb2_grpc, common_pb2, grainmgr_pb2_grpc
 from grainhouse_proto import grainmgr_pb2 as gpb
 from tests.support import stack as support
 
@@ -217,6 +217,27 @@ def install_writer(p: Platform, tmp_path: Path) -> gpb.InstallPackageResponse:
             yield gpb.InstallPackageRequest(chunk=data[i : i + CHUNK])
 
     return p.grainmgr.InstallPackage(upload(), timeout=120)
+
+
+def start_writer(p: Platform, tmp_path: Path, title: str) -> tuple[gpb.Grain, Path]:
+    """A writer grain, created and opened (so it runs and keeps writing); and its /var."""
+    package = install_writer(p, tmp_path)
+    grain = p.grainmgr.CreateGrain(
+        gpb.CreateGrainRequest(app_id=package.app_id, owner_account_id=OWNER, title=title),
+        timeout=30,
+    )
+    p.grainmgr.OpenSession(
+        gpb.OpenSessionRequest(
+            grain_id=grain.grain_id,
+            identity=common_pb2.AppIdentity(user_id="u" * 32, display_name="U"),
+            permissions=["view", "edit"],
+            session_type=gpb.SESSION_TYPE_NORMAL,
+            tab_id="t1",
+            base_path="http://ui-test.localhost",
+        ),
+        timeout=60,
+    )
+    return grain, p.var_dir(grain.grain_id)
 
 
 def latest(var: Path) -> int:

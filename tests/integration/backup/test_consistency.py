@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from grainhouse_proto import backup_pb2 as bpb
-from grainhouse_proto import common_pb2
 from grainhouse_proto import grainmgr_pb2 as gpb
 
-from .conftest import OWNER, Platform, backup_now, install_writer, latest, wait_task
+from .conftest import OWNER, Platform, backup_now, latest, start_writer, wait_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("backup-stack")]
 
@@ -28,23 +27,7 @@ def check_instant(var: Path) -> int:
 
 
 def test_backup_during_heavy_writes_is_consistent(platform: Platform, tmp_path: Path) -> None:
-    package = install_writer(platform, tmp_path)
-    grain = platform.grainmgr.CreateGrain(
-        gpb.CreateGrainRequest(app_id=package.app_id, owner_account_id=OWNER, title="Busy"),
-        timeout=30,
-    )
-    platform.grainmgr.OpenSession(
-        gpb.OpenSessionRequest(
-            grain_id=grain.grain_id,
-            identity=common_pb2.AppIdentity(user_id="u" * 32, display_name="U"),
-            permissions=["view", "edit"],
-            session_type=gpb.SESSION_TYPE_NORMAL,
-            tab_id="t1",
-            base_path="http://ui-test.localhost",
-        ),
-        timeout=60,
-    )
-    var = platform.var_dir(grain.grain_id)
+    grain, var = start_writer(platform, tmp_path, "Busy")
     deadline = time.monotonic() + 60
     while latest(var) < 1500:  # the app is busy writing
         assert time.monotonic() < deadline, "the writer app did not write"

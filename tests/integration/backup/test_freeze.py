@@ -23,14 +23,13 @@ from grainhouse_proto import common_pb2
 from grainhouse_proto import grainmgr_pb2 as gpb
 
 from .conftest import (
-    OWNER,
     Platform,
     Stack,
     connect,
-    install_writer,
     latest,
     make_data_root,
     new_grain,
+    start_writer,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("backup-stack")]
@@ -72,23 +71,7 @@ def start_busy(platform: Platform, tmp_path: Path) -> Busy:
     """A running writer grain with a big sparse file in its /var."""
     if not FREEZER_ROOT.is_dir():
         pytest.skip("this machine has no cgroup v1 freezer")
-    package = install_writer(platform, tmp_path)
-    grain = platform.grainmgr.CreateGrain(
-        gpb.CreateGrainRequest(app_id=package.app_id, owner_account_id=OWNER, title="Frozen"),
-        timeout=30,
-    )
-    platform.grainmgr.OpenSession(
-        gpb.OpenSessionRequest(
-            grain_id=grain.grain_id,
-            identity=common_pb2.AppIdentity(user_id="u" * 32, display_name="U"),
-            permissions=["view", "edit"],
-            session_type=gpb.SESSION_TYPE_NORMAL,
-            tab_id="t1",
-            base_path="http://ui-test.localhost",
-        ),
-        timeout=60,
-    )
-    var = platform.var_dir(grain.grain_id)
+    grain, var = start_writer(platform, tmp_path, "Frozen")
     wait_until("the writer app did not write", lambda: latest(var) > 200)
     with (var / "big.bin").open("wb") as f:
         f.truncate(BIG_FILE_BYTES)
