@@ -63,7 +63,7 @@ class GrainPages(UiBase):
             rows = [g for g in rows if q.lower() in (g.title + " " + g.app_title).lower()]
         keys = {
             "title": (lambda g: g.title.lower(), False),
-            "created": (lambda g: g.created_at.seconds, True),
+            "created": (lambda g: (g.created_at.seconds, g.created_at.nanos), True),
             "size": (lambda g: g.size_bytes, True),
         }
         if sort in keys:
@@ -122,7 +122,7 @@ class GrainPages(UiBase):
         if sort == "title":
             rows.sort(key=lambda r: r[1].title.lower())
         elif sort == "created":
-            rows.sort(key=lambda r: r[1].created_at.seconds, reverse=True)
+            rows.sort(key=lambda r: (r[1].created_at.seconds, r[1].created_at.nanos), reverse=True)
         elif sort == "size":
             rows.sort(key=lambda r: r[1].size_bytes, reverse=True)
         grains = [

@@ -9,10 +9,11 @@ import re
 import struct
 import time
 import urllib.parse
+from typing import Any
 
 import pytest
 
-from .harness import Client, Stack, sign_up
+from .harness import Client, Stack, make_token, sign_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
 PASSWORD = "correct horse battery"
@@ -133,3 +134,36 @@ def test_change_password_signs_out_other_sessions(stack: Stack, admin: Client) -
     assert reply.status == 303
     assert user.get("/account").status == 200
     assert other.get("/account").status == 303
+
+
+def test_grain_list_searches_sorts_trashes_and_restores(
+    stack: Stack, admin: Client, notes_app: dict[str, Any]
+) -> None:
+    user = sign_up(stack, admin, "Sorting Sam", "sam@example.org")
+    api = Client(stack.url, token=make_token(user, "write"))
+    ids = {}
+    for title in ("Zebra plans", "alpha list", "Middle notes"):
+        made = api.api("POST", "/grains", {"app_id": notes_app["app_id"], "title": title})
+        assert made.status == 201, made.text
+        ids[title] = made.json()["id"]
+
+    def titles(page: str) -> list[str]:
+        found = [(page.find(t), t) for t in ids if t in page]
+        return [t for _, t in sorted(found)]
+
+    # Search: by title, case-insensitive; by app title (all three are notes).
+    assert titles(user.get("/?q=ZEB").text) == ["Zebra plans"]
+    assert len(titles(user.get("/?q=" + urllib.parse.quote(notes_app["title"])).text)) == 3
+    # Sort by title (case-insensitive), and by creation (newest first).
+    assert titles(user.get("/?sort=title").text) == ["alpha list", "Middle notes", "Zebra plans"]
+    assert titles(user.get("/?sort=created").text) == ["Middle notes", "alpha list", "Zebra plans"]
+
+    # Trash moves a grain out of the list into the trash view; restore brings it back.
+    gone = user.form(f"/grain/{ids['alpha list']}/trash", {}, csrf_from="/")
+    assert gone.status == 303, gone.text[:300]
+    assert set(titles(user.get("/").text)) == {"Middle notes", "Zebra plans"}
+    assert titles(user.get("/?view=trash").text) == ["alpha list"]
+    back = user.form(f"/grain/{ids['alpha list']}/restore", {}, csrf_from="/?view=trash")
+    assert back.status == 303, back.text[:300]
+    assert set(titles(user.get("/").text)) == set(ids)
+    assert titles(user.get("/?view=trash").text) == []
