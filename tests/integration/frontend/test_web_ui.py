@@ -9,11 +9,12 @@ import re
 import struct
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import Client, Stack, make_token, sign_up
+from .harness import Client, Stack, build_probe, install_package, make_token, sign_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
 PASSWORD = "correct horse battery"
@@ -167,3 +168,32 @@ def test_grain_list_searches_sorts_trashes_and_restores(
     assert back.status == 303, back.text[:300]
     assert set(titles(user.get("/").text)) == set(ids)
     assert titles(user.get("/?view=trash").text) == []
+
+
+def test_grain_bar_restart_and_log_and_admin_uninstall(
+    stack: Stack, admin: Client, admin_api: Client, tmp_path: Path
+) -> None:
+    app = install_package(admin_api, build_probe(tmp_path))
+    grain = admin_api.api("POST", "/grains", {"app_id": app["app_id"], "title": "Bar"}).json()["id"]
+    assert admin_api.api("POST", f"/grains/{grain}/sessions", {}).status in (200, 201)
+
+    # Restart from the grain bar: back on the grain's page, the grain running again.
+    done = admin.form(f"/grain/{grain}/restart", {}, csrf_from=f"/grain/{grain}")
+    assert done.status == 303 and done.headers["location"].endswith(f"/grain/{grain}")
+    deadline = time.monotonic() + 60
+    while admin_api.api("GET", f"/grains/{grain}").json()["state"] != "running":
+        assert time.monotonic() < deadline, "the grain did not come back after restart"
+        time.sleep(0.2)
+    # The log page shows the grain's own log: the bridge's lines of both starts.
+    log = admin.get(f"/grain/{grain}/log")
+    assert log.status == 200 and "Bar" in log.text
+    assert log.text.count("[bridge]") >= 2, log.text[-2000:]
+
+    # Uninstall from the apps page: refused for a non-admin, done for the admin once unused.
+    other = sign_up(stack, admin, "Una Uninstaller", "una@example.org")
+    refused = other.form(f"/apps/{app['package_id']}/uninstall", {}, csrf_from="/apps")
+    assert refused.status == 403
+    assert admin_api.api("DELETE", f"/grains/{grain}?force=true").status == 204
+    gone = admin.form(f"/apps/{app['package_id']}/uninstall", {}, csrf_from="/apps")
+    assert gone.status == 303, gone.text[:300]
+    assert app["package_id"] not in admin.get("/apps").text
