@@ -9,6 +9,7 @@ Never: renders untrusted text unescaped (autoescape is on everywhere).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,20 @@ class UiBase:
         form = await read_form(request)
         self.d.sessions.check_csrf(request, user, form.get("csrf", ""))
         return form
+
+    async def form_action(
+        self, request: Request, call: Callable[[WebUser], Awaitable[object]], done: str
+    ) -> Response:
+        """A plain POST form: signed in, CSRF checked, one call, then 303 to `done`."""
+        user = await self.need_user(request)
+        if not isinstance(user, WebUser):
+            return user
+        await self.post_form(request, user)
+        try:
+            await call(user)
+        except grpc.aio.AioRpcError as exc:
+            return self.fail(request, user, exc)
+        return RedirectResponse(done, status_code=303)
 
     def fail(self, request: Request, user: WebUser | None, exc: Exception) -> HTMLResponse:
         if isinstance(exc, grpc.aio.AioRpcError):

@@ -134,20 +134,15 @@ class AccountPages(UiBase):
         return self.message(request, user, "Not found", "No such action.", 404)
 
     async def token_revoke(self, request: Request) -> Response:
-        user = await self.need_user(request)
-        if not isinstance(user, WebUser):
-            return user
-        await self.post_form(request, user)
-        try:
-            await self.d.auth.RevokeApiToken(
-                auth_pb2.RevokeApiTokenRequest(
-                    caller=user.credential(), token_id=request.path_params["token_id"]
-                ),
+        token_id = request.path_params["token_id"]
+        return await self.form_action(
+            request,
+            lambda user: self.d.auth.RevokeApiToken(
+                auth_pb2.RevokeApiTokenRequest(caller=user.credential(), token_id=token_id),
                 timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            return self.fail(request, user, exc)
-        return RedirectResponse("/account?done=revoked", status_code=303)
+            ),
+            "/account?done=revoked",
+        )
 
     # -- admin --------------------------------------------------------------------------------
 
@@ -305,17 +300,14 @@ class AccountPages(UiBase):
         return await self._admin_page(request, user, notice=f"{name} is {verb}.")
 
     async def admin_invitation_revoke(self, request: Request) -> Response:
-        user = await self.need_user(request)
-        if not isinstance(user, WebUser):
-            return user
-        await self.post_form(request, user)
-        try:
-            await self.d.auth.RevokeInvitation(
+        invitation_id = request.path_params["invitation_id"]
+        return await self.form_action(
+            request,
+            lambda user: self.d.auth.RevokeInvitation(
                 auth_pb2.RevokeInvitationRequest(
-                    caller=user.credential(), invitation_id=request.path_params["invitation_id"]
+                    caller=user.credential(), invitation_id=invitation_id
                 ),
                 timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            return self.fail(request, user, exc)
-        return RedirectResponse("/admin?done=revoked", status_code=303)
+            ),
+            "/admin?done=revoked",
+        )

@@ -185,20 +185,19 @@ class BackupPages(UiBase):
         return RedirectResponse("/backups?done=schedule-made", status_code=303)
 
     async def schedule_delete(self, request: Request) -> Response:
-        user = await self.need_user(request)
-        if not isinstance(user, WebUser):
-            return user
-        await self.post_form(request, user)
-        try:
-            await self.d.backup.DeleteSchedule(
-                bpb.DeleteScheduleRequest(schedule_id=request.path_params["schedule_id"],
-                                          owner_account_id=user.account_id,
-                                          acting_account_id=user.account_id),
+        schedule_id = request.path_params["schedule_id"]
+        return await self.form_action(
+            request,
+            lambda user: self.d.backup.DeleteSchedule(
+                bpb.DeleteScheduleRequest(
+                    schedule_id=schedule_id,
+                    owner_account_id=user.account_id,
+                    acting_account_id=user.account_id,
+                ),
                 timeout=10,
-            )  # fmt: skip
-        except grpc.aio.AioRpcError as exc:
-            return self.fail(request, user, exc)
-        return RedirectResponse("/backups?done=schedule-deleted", status_code=303)
+            ),
+            "/backups?done=schedule-deleted",
+        )
 
     async def backup_download(self, request: Request) -> Response:
         user = await self.need_user(request)

@@ -441,21 +441,14 @@ class GrainPages(UiBase):
         )
 
     async def share_revoke(self, request: Request) -> Response:
-        user = await self.need_user(request)
-        if not isinstance(user, WebUser):
-            return user
-        await self.post_form(request, user)
-        try:
-            await self.d.auth.RevokeGrant(
-                auth_pb2.RevokeGrantRequest(
-                    caller=user.credential(), grant_id=request.path_params["grant_id"]
-                ),
+        grain_id, grant_id = request.path_params["grain_id"], request.path_params["grant_id"]
+        return await self.form_action(
+            request,
+            lambda user: self.d.auth.RevokeGrant(
+                auth_pb2.RevokeGrantRequest(caller=user.credential(), grant_id=grant_id),
                 timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            return self.fail(request, user, exc)
-        return RedirectResponse(
-            f"/grain/{request.path_params['grain_id']}/share?done=revoked", status_code=303
+            ),
+            f"/grain/{grain_id}/share?done=revoked",
         )
 
 

@@ -140,7 +140,7 @@ def test_change_password_signs_out_other_sessions(stack: Stack, admin: Client) -
 def test_grain_list_searches_sorts_trashes_and_restores(
     stack: Stack, admin: Client, notes_app: dict[str, Any]
 ) -> None:
-    user = sign_up(stack, admin, "Sorting Sam", "sam@example.org")
+    user = sign_up(stack, admin, "Sorting Sam", "sorting-sam@example.org")
     api = Client(stack.url, token=make_token(user, "write"))
     ids = {}
     for title in ("Zebra plans", "alpha list", "Middle notes"):
@@ -190,7 +190,7 @@ def test_grain_bar_restart_and_log_and_admin_uninstall(
     assert log.text.count("[bridge]") >= 2, log.text[-2000:]
 
     # Uninstall from the apps page: refused for a non-admin, done for the admin once unused.
-    other = sign_up(stack, admin, "Una Uninstaller", "una@example.org")
+    other = sign_up(stack, admin, "Una Uninstaller", "uninstall-una@example.org")
     refused = other.form(f"/apps/{app['package_id']}/uninstall", {}, csrf_from="/apps")
     assert refused.status == 403
     assert admin_api.api("DELETE", f"/grains/{grain}?force=true").status == 204
