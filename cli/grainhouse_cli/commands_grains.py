@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import webbrowser
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -127,6 +127,16 @@ def logs(grain_id: str, as_json: JsonOpt = False, url: UrlOpt = None) -> None:
     emit(as_json, {"id": grain_id, "log": text}, lambda: sys.stdout.write(text))
 
 
+def _grant(url: str | None, grain_id: str, kind: str, role: str, label: str) -> Any:
+    """POST a share link or a grain API token (`kind`) for `role`; the created document."""
+    cli = client(url)
+    return run(
+        lambda: cli.request(
+            "POST", f"/api/v1/grains/{grain_id}/{kind}", {"role": role, "label": label}
+        ).json()
+    )
+
+
 @grain_app.command("share")
 def share(
     grain_id: str,
@@ -136,12 +146,7 @@ def share(
     url: UrlOpt = None,
 ) -> None:
     """Make a share link with a role; prints the link (shown once)."""
-    cli = client(url)
-    doc = run(
-        lambda: cli.request(
-            "POST", f"/api/v1/grains/{grain_id}/shares", {"role": role, "label": label}
-        ).json()
-    )
+    doc = _grant(url, grain_id, "shares", role, label)
     emit(as_json, {"url": doc["url"], "grant_id": doc["grant"]["id"]}, lambda: print(doc["url"]))
 
 
@@ -154,12 +159,7 @@ def api_token(
     url: UrlOpt = None,
 ) -> None:
     """Make a grain API token for DAV/git clients; prints the token and the API URL."""
-    cli = client(url)
-    doc = run(
-        lambda: cli.request(
-            "POST", f"/api/v1/grains/{grain_id}/api-tokens", {"role": role, "label": label}
-        ).json()
-    )
+    doc = _grant(url, grain_id, "api-tokens", role, label)
     emit(
         as_json,
         {"token": doc["token"], "api_url": doc["api_url"], "grant_id": doc["grant"]["id"]},

@@ -83,6 +83,14 @@ SCHEDULE_SCHEMA: dict[str, Any] = {
 # -- JSON forms -----------------------------------------------------------------------------
 
 
+def grain_filter(request: Request) -> str:
+    """The optional `grain_id` query filter of the listings ("" = all of the caller's)."""
+    grain_id = request.query_params.get("grain_id", "")
+    if len(grain_id) > 80:
+        raise GrainhouseError(Kind.INVALID, "grain_id: not valid")
+    return grain_id
+
+
 def backup_json(b: bpb.BackupInfo) -> dict[str, Any]:
     return {
         "id": b.backup_id,
@@ -355,9 +363,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
 
     async def list_backups(request: Request, caller: Caller) -> Response:
         limit, cursor = page_params(request)
-        grain_id = request.query_params.get("grain_id", "")
-        if len(grain_id) > 80:
-            raise GrainhouseError(Kind.INVALID, "grain_id: not valid")
+        grain_id = grain_filter(request)
         reply = await deps.backup.ListBackups(
             bpb.ListBackupsRequest(
                 owner_account_id=caller.account_id, grain_id=grain_id,
@@ -395,9 +401,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
 
     async def list_schedules(request: Request, caller: Caller) -> Response:
         limit, cursor = page_params(request)
-        grain_id = request.query_params.get("grain_id", "")
-        if len(grain_id) > 80:
-            raise GrainhouseError(Kind.INVALID, "grain_id: not valid")
+        grain_id = grain_filter(request)
         reply = await deps.backup.ListSchedules(
             bpb.ListSchedulesRequest(
                 owner_account_id=caller.account_id, grain_id=grain_id,
