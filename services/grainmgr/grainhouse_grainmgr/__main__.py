@@ -18,13 +18,14 @@ import capnp
 from grainhouse_common import runtime, settings
 from grainhouse_grainmgr import control
 from grainhouse_grainmgr.authlink import AuthLink
-from grainhouse_grainmgr.grains import RUNTIME_INSIDE, Grains, LifecycleSettings, Snapshots
+from grainhouse_grainmgr.grains import RUNTIME_INSIDE, Grains, LifecycleSettings
 from grainhouse_grainmgr.launcher import Launcher, LauncherSettings, SandboxError
 from grainhouse_grainmgr.packages import Packages
 from grainhouse_grainmgr.relay import Relay
 from grainhouse_grainmgr.service import GrainManagerService, register
 from grainhouse_grainmgr.settings import GrainmgrSettings
 from grainhouse_grainmgr.store import Store
+from grainhouse_grainmgr.transfers import Snapshots
 
 log = logging.getLogger("grainhouse.grainmgr")
 

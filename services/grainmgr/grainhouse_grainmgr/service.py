@@ -25,11 +25,12 @@ from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_common.timestamps import maybe_timestamp as stamp
 from grainhouse_grainmgr import snapshots
 from grainhouse_grainmgr.authlink import view_info_pb
-from grainhouse_grainmgr.grains import Grains, Snapshots
+from grainhouse_grainmgr.grains import Grains
 from grainhouse_grainmgr.packages import Packages, Upload, view_info
 from grainhouse_grainmgr.relay import Relay
 from grainhouse_grainmgr.settings import advertised_relay
 from grainhouse_grainmgr.store import GrainRow, PackageRow
+from grainhouse_grainmgr.transfers import Snapshots
 from grainhouse_proto import common_pb2, grainmgr_pb2_grpc
 from grainhouse_proto import grainmgr_pb2 as pb
 

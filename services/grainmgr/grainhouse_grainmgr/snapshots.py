@@ -2,7 +2,7 @@
 
 Owns: `<data_dir>/grainmgr/staging/` (imports being checked) and the archive stream order
 (grainmgr.proto GrainArchivePart: header, files with data, trailer).
-Trusts: grains.py (Snapshots.hold) to keep the grain still — frozen, or stopped and kept from
+Trusts: transfers.py (Snapshots.hold) to keep the grain still — frozen, or stopped and kept from
 starting — for the whole time its /var is streamed, so one listing and the reads that follow
 see one instant; nothing in an uploaded archive (every path, type, size, total and the
 checksum are checked again here).
