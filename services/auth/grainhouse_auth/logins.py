@@ -98,6 +98,7 @@ class Logins:
             method=method,
             remote_addr=client.remote_addr,
         )
+        metrics.login_succeeded(method)
         return LoggedIn(secret, session, fresh)
 
     async def _second_step_or_open(

@@ -26,6 +26,23 @@ LOGIN_FAILURE_REASONS = (
     "other",
 )
 
+# How a session was opened (logins.py `_open`); a second factor adds "+totp" to the first.
+LOGIN_SUCCESS_METHODS = (
+    "password",
+    "email",
+    "oidc",
+    "setup",  # the first admin's account, made from the setup token
+    "invitation",  # an account made by redeeming an invitation
+    "dev",
+    "other",
+)
+
+logins = Counter(
+    "grainhouse_auth_logins_total",
+    "Sessions opened by a successful sign-in, by method and whether a second factor was used.",
+    ["method", "second_factor"],
+)
+
 login_failures = Counter(
     "grainhouse_auth_login_failures_total",
     "Failed sign-ins and bearer-token checks, by method and bounded reason.",
@@ -46,6 +63,15 @@ def login_failed(method: str, reason: str) -> None:
     login_failures.labels(
         method=method if method in LOGIN_METHODS else "other",
         reason=reason if reason in LOGIN_FAILURE_REASONS else "other",
+    ).inc()
+
+
+def login_succeeded(method: str) -> None:
+    """Count one sign-in that opened a session (`method` as logins.py names it)."""
+    first, plus, factor = method.partition("+")
+    logins.labels(
+        method=first if first in LOGIN_SUCCESS_METHODS else "other",
+        second_factor="totp" if plus and factor == "totp" else ("other" if plus else "none"),
     ).inc()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 
 import grpc
 import pyotp
@@ -132,6 +133,30 @@ def test_invitations_are_admin_only_single_use_and_bound_to_their_email(stub) ->
         )
     )
     assert code_of(dup) == SC.ALREADY_EXISTS
+
+
+def logins_counted(stack: AuthStack, method: str, factor: str = "none") -> float:
+    """grainhouse_auth_logins_total{method, second_factor} as auth's /metrics shows it now."""
+    with urllib.request.urlopen(stack.services["auth"]["metrics"], timeout=10) as resp:
+        text = resp.read().decode()
+    want = f'grainhouse_auth_logins_total{{method="{method}",second_factor="{factor}"}} '
+    return sum(float(line[len(want) :]) for line in text.splitlines() if line.startswith(want))
+
+
+def test_successful_logins_are_counted_by_method(stub, auth_stack) -> None:  # type: ignore[no-untyped-def]
+    admin = dev_user(stub, admin=True)
+    user = invited_user(stub, admin)  # an invitation redeemed: one "invitation" login
+    before = logins_counted(auth_stack, "password")
+    dev_before = logins_counted(auth_stack, "dev")
+    stub.LoginPassword(auth_pb2.LoginPasswordRequest(email=user.email, password=PASSWORD))
+    failed = lambda: stub.LoginPassword(  # noqa: E731
+        auth_pb2.LoginPasswordRequest(email=user.email, password=PASSWORD + "x")
+    )
+    assert code_of(failed) == SC.UNAUTHENTICATED  # a failure is not a login
+    dev_user(stub)
+    assert logins_counted(auth_stack, "password") == before + 1
+    assert logins_counted(auth_stack, "dev") == dev_before + 1
+    assert logins_counted(auth_stack, "invitation") >= 1
 
 
 def test_password_login_sessions_and_logout(stub) -> None:  # type: ignore[no-untyped-def]

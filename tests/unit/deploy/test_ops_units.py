@@ -109,6 +109,23 @@ def test_counted_maps_a_raised_kind_to_a_reason() -> None:
     assert _count(method="token", reason="bad_credentials") == bad + 1
 
 
+def _logins(**labels: str) -> float:
+    value = REGISTRY.get_sample_value("grainhouse_auth_logins_total", labels)
+    return value or 0.0
+
+
+def test_successful_logins_are_counted_by_bounded_method_and_factor() -> None:
+    plain = _logins(method="password", second_factor="none")
+    with_code = _logins(method="email", second_factor="totp")
+    other = _logins(method="other", second_factor="other")
+    auth_metrics.login_succeeded("password")
+    auth_metrics.login_succeeded("email+totp")
+    auth_metrics.login_succeeded("someone@example.com+secret")  # never a label value
+    assert _logins(method="password", second_factor="none") == plain + 1
+    assert _logins(method="email", second_factor="totp") == with_code + 1
+    assert _logins(method="other", second_factor="other") == other + 1
+
+
 def test_db_pool_collector_reads_the_stats_at_scrape_time() -> None:
     stats = {"pool_size": 5, "pool_available": 2, "pool_max": 8, "requests_waiting": 0}
     registry = CollectorRegistry()
