@@ -202,16 +202,20 @@ async def set_admin(conn: Conn, account_id: str, is_admin: bool) -> None:
     )
 
 
-async def page(conn: Conn, query: str, after: str, limit: int) -> list[Account]:
-    """Accounts oldest first, after the cursor `after` ("<created_at iso>|<id>")."""
+async def page(
+    conn: Conn, query: str, after: str, limit: int, account_id: str = ""
+) -> list[Account]:
+    """Accounts oldest first, after the cursor `after` ("<created_at iso>|<id>"); only the
+    account `account_id` when it is given."""
     like = f"%{query.lower()}%"
     cursor_ts, _, cursor_id = after.partition("|")
     rows = await many(
         conn,
         SELECT + " WHERE (%s = '' OR lower(coalesce(a.email, '')) LIKE %s"
         " OR lower(a.display_name) LIKE %s)"
+        " AND (%s = '' OR a.account_id = %s)"
         " AND (%s = '' OR (a.created_at, a.account_id) > (%s::timestamptz, %s))"
         " ORDER BY a.created_at, a.account_id LIMIT %s",
-        (query, like, like, cursor_ts, cursor_ts or None, cursor_id, limit),
+        (query, like, like, account_id, account_id, cursor_ts, cursor_ts or None, cursor_id, limit),
     )
     return [_from(r) for r in rows]

@@ -131,7 +131,11 @@ class AdminRpcs(ServicerBase):
         size = convert.page_size(request.page.page_size)
         async with self.pool.connection() as conn:
             found = await accounts.page(
-                conn, request.query, convert.cursor_in(request.page.page_token), size + 1
+                conn,
+                request.query,
+                convert.cursor_in(request.page.page_token),
+                size + 1,
+                account_id=request.account_id,
             )
         items, token = convert.page_out(found, size, lambda x: (x.created_at, x.account_id))
         resp = auth_pb2.ListAccountsResponse(accounts=[convert.account(x) for x in items])

@@ -49,9 +49,6 @@ INVITATION_SCHEMA = {"type": "object", "required": ["id", "state"], "properties"
     "created_by": {"type": "string"}, "created_at": {"type": ["string", "null"]},
     "expires_at": {"type": ["string", "null"]}, "used_at": {"type": ["string", "null"]},
     "state": {"enum": ["open", "used", "expired"]}}}  # fmt: skip
-# Accounts are found by id by paging through ListAccounts (auth has no GetAccount); this bounds
-# the scan. TODO(perf): an id filter on ListAccounts.
-_MAX_USER_PAGES = 40
 
 
 def user_json(a: auth_pb2.Account) -> dict[str, Any]:
@@ -141,21 +138,12 @@ def routes(deps: Deps) -> list[ApiRoute]:
 
     async def find_user(caller: Caller, account_id: str) -> auth_pb2.Account:
         assert deps.auth is not None
-        token = ""
-        for _ in range(_MAX_USER_PAGES):
-            reply = await deps.auth.ListAccounts(
-                auth_pb2.ListAccountsRequest(
-                    caller=cred(caller), page=common_pb2.PageRequest(page_size=500,
-                                                                     page_token=token)),
-                timeout=10,
-            )  # fmt: skip
-            for a in reply.accounts:
-                if a.account_id == account_id:
-                    return a
-            token = reply.page.next_page_token
-            if not token:
-                break
-        raise GrainhouseError(Kind.NOT_FOUND, "no such account")
+        reply = await deps.auth.ListAccounts(
+            auth_pb2.ListAccountsRequest(caller=cred(caller), account_id=account_id), timeout=10
+        )
+        if not reply.accounts:
+            raise GrainhouseError(Kind.NOT_FOUND, "no such account")
+        return reply.accounts[0]
 
     async def get_user(request: Request, caller: Caller) -> Response:
         doc = user_json(await find_user(caller, request.path_params["account_id"]))

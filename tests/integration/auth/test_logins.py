@@ -437,6 +437,25 @@ def test_list_accounts_pages_for_admins(stub) -> None:  # type: ignore[no-untype
     )
 
 
+def test_list_accounts_finds_one_account_by_id(stub) -> None:  # type: ignore[no-untyped-def]
+    admin = dev_user(stub, admin=True)
+    other = dev_user(stub, name=unique("Findable"))
+
+    def by_id(account_id: str, query: str = "") -> list[str]:
+        r = stub.ListAccounts(
+            auth_pb2.ListAccountsRequest(caller=admin.cred, account_id=account_id, query=query)
+        )
+        assert r.page.next_page_token == ""
+        return [a.account_id for a in r.accounts]
+
+    assert by_id(other.account_id) == [other.account_id]
+    assert by_id(other.account_id, query="findable") == [other.account_id]
+    assert by_id(other.account_id, query="no such name") == []  # both filters apply
+    assert by_id("acct-that-does-not-exist") == []
+    assert by_id("'; DROP TABLE accounts; --") == []
+    assert by_id(admin.account_id) == [admin.account_id]
+
+
 def test_brute_force_is_slowed_then_blocked_per_account_and_address(stub) -> None:  # type: ignore[no-untyped-def]
     admin = dev_user(stub, admin=True)
     user = invited_user(stub, admin)
