@@ -145,13 +145,28 @@ class BackupService(backup_pb2_grpc.BackupServicer):  # type: ignore[misc]
             backups=[backup_pb(r) for r in rows[:size]], page=_next(offset, size, len(rows))
         )
 
+    async def _stored(self, backup_id: str, owner_account_id: str, all_owners: bool) -> Any:
+        """The backup's row, if its owner matches and its archive is still stored."""
+        row = await self.store.get_backup(backup_id, _owner(owner_account_id, all_owners))
+        if row is None or not self.engine.storage.exists(row.backup_id):
+            raise GrainhouseError(Kind.NOT_FOUND, "no such backup")
+        return row
+
+    async def GetBackup(self, request: pb.GetBackupRequest, context: Any) -> pb.DownloadHeader:
+        row = await self._stored(request.backup_id, request.owner_account_id, request.all_owners)
+        info = backup_pb(row)
+        return pb.DownloadHeader(
+            backup=info,
+            offset=0,
+            length=row.size_bytes,
+            filename=filename(info),
+            content_type="application/zip",
+        )
+
     async def DownloadBackup(
         self, request: pb.DownloadBackupRequest, context: Any
     ) -> AsyncIterator[pb.DownloadBackupChunk]:
-        owner = _owner(request.owner_account_id, request.all_owners)
-        row = await self.store.get_backup(request.backup_id, owner)
-        if row is None or not self.engine.storage.exists(row.backup_id):
-            raise GrainhouseError(Kind.NOT_FOUND, "no such backup")
+        row = await self._stored(request.backup_id, request.owner_account_id, request.all_owners)
         size = row.size_bytes
         if request.offset > size:
             # OUT_OF_RANGE, as backup.proto promises (Kind has no such row: abort directly).

@@ -229,21 +229,13 @@ async def restore_upload(
 
 
 async def backup_info(backup: Any, backup_id: str, account_id: str) -> bpb.DownloadHeader:
-    """The backup's record and file name: the header of a one-byte download (there is no
-    GetBackup RPC; the stream is cancelled before its data)."""
+    """The backup's record and file name (what a whole download's header would say)."""
     if not _ID.match(backup_id):
         raise GrainhouseError(Kind.NOT_FOUND, "no such backup")
-    call = backup.DownloadBackup(
-        bpb.DownloadBackupRequest(backup_id=backup_id, owner_account_id=account_id, length=1),
-        timeout=10,
+    info: bpb.DownloadHeader = await backup.GetBackup(
+        bpb.GetBackupRequest(backup_id=backup_id, owner_account_id=account_id), timeout=10
     )
-    try:
-        first = await call.read()
-    finally:
-        call.cancel()
-    if first is grpc.aio.EOF or first.WhichOneof("part") != "header":
-        raise GrainhouseError(Kind.INTERNAL, "backup sent no download header")
-    return first.header
+    return info
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | str | None:

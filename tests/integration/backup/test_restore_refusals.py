@@ -135,6 +135,17 @@ def test_other_owners_see_nothing_and_ranges(platform: Platform) -> None:
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as info:
+        platform.backup.GetBackup(
+            bpb.GetBackupRequest(backup_id=task.backup_id, owner_account_id=stranger)
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    head = platform.backup.GetBackup(
+        bpb.GetBackupRequest(backup_id=task.backup_id, owner_account_id=OWNER)
+    )
+    assert head.backup.backup_id == task.backup_id and head.backup.grain_id == grain.grain_id
+    assert head.offset == 0 and head.length == head.backup.size_bytes > 0
+    assert head.filename.endswith(".zip") and head.content_type == "application/zip"
+    with pytest.raises(grpc.RpcError) as info:
         platform.backup.CreateBackup(
             bpb.CreateBackupRequest(grain_id=grain.grain_id, owner_account_id=stranger)
         )
@@ -165,6 +176,11 @@ def test_other_owners_see_nothing_and_ranges(platform: Platform) -> None:
     with pytest.raises(grpc.RpcError) as info:
         platform.backup.DeleteBackup(
             bpb.DeleteBackupRequest(backup_id=task.backup_id, owner_account_id=OWNER)
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as info:
+        platform.backup.GetBackup(
+            bpb.GetBackupRequest(backup_id=task.backup_id, owner_account_id=OWNER)
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 

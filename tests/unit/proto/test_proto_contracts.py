@@ -64,7 +64,7 @@ EXPECTED_RPCS = {
         "ExportGrain", "ImportGrain", "GetViewInfo",
     },
     "Backup": {
-        "CreateBackup", "GetTask", "ListBackups", "DownloadBackup", "DeleteBackup",
+        "CreateBackup", "GetTask", "ListBackups", "GetBackup", "DownloadBackup", "DeleteBackup",
         "RestoreBackup", "CreateSchedule", "ListSchedules", "DeleteSchedule",
     },
 }  # fmt: skip
