@@ -92,6 +92,10 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
         server_header=False,
         timeout_graceful_shutdown=int(common.shutdown_grace_seconds),
         h11_max_incomplete_event_size=own.max_request_line_bytes,
+        # X-Forwarded-* only from the configured proxies (uvicorn would trust 127.0.0.1 by
+        # default: any local client could pick its own guess-limit address).
+        proxy_headers=bool(own.trusted_proxies),
+        forwarded_allow_ips=own.trusted_proxies.split(",") if own.trusted_proxies else [],
     )
     server = _Server(config)
     connector = asyncio.create_task(connect_bus())

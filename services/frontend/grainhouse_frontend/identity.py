@@ -157,5 +157,6 @@ class Identity:
 
 def client_address(request: Request) -> str:
     """The client's address for auth's guess limits (auth.proto client_address)."""
-    # TODO(security): honour X-Forwarded-For only from configured trusted proxies.
+    # Already the forwarded client's when the peer is a trusted proxy (uvicorn's proxy headers
+    # middleware, configured from the frontend's trusted_proxies setting).
     return request.client.host if request.client else ""

@@ -24,7 +24,11 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 # What the frontend and e2e stacks run with on top of the defaults.
-FRONTEND_ENV = {"GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": "60"}
+FRONTEND_ENV = {
+    "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": "60",
+    # A reverse proxy "at" 127.0.0.2 (test_proxy_headers.py); every other client is 127.0.0.1.
+    "GRAINHOUSE_FRONTEND_TRUSTED_PROXIES": "127.0.0.2",
+}
 
 
 def make_data_root() -> Path:
@@ -53,6 +57,10 @@ class Client:
     base: str
     cookies: dict[str, dict[str, str]] = field(default_factory=dict)
     token: str | None = None
+    # Local address to connect from (any 127.x.y.z works on loopback), and headers sent with
+    # every request: how a test plays a reverse proxy.
+    source: str | None = None
+    always: dict[str, str] = field(default_factory=dict)
 
     def request(
         self, method: str, url: str, body: bytes | None = None,
@@ -60,8 +68,11 @@ class Client:
     ) -> Reply:  # fmt: skip
         full = url if url.startswith("http") else self.base + url
         parts = urllib.parse.urlsplit(full)
-        conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=120)
-        hdrs = dict(headers or {})
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", parts.port, timeout=120,
+            source_address=(self.source, 0) if self.source else None,
+        )  # fmt: skip
+        hdrs = {**self.always, **(headers or {})}
         hostname = host or parts.netloc
         hdrs.setdefault("Host", hostname)
         jar = self.cookies.get(hostname.split(":")[0], {})
