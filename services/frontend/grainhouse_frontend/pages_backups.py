@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind, from_rpc_error
-from grainhouse_frontend import rest_backups
+from grainhouse_frontend import backup_downloads, rest_backups
 from grainhouse_frontend.page_base import UiBase, human_size, safe_next, when
 from grainhouse_frontend.web_session import WebUser
 from grainhouse_proto import backup_pb2 as bpb
@@ -204,7 +204,7 @@ class BackupPages(UiBase):
         if not isinstance(user, WebUser):
             return user
         try:
-            return await rest_backups.download_response(
+            return await backup_downloads.download_response(
                 self.d.backup, request, request.path_params["backup_id"], user.account_id
             )
         except (grpc.aio.AioRpcError, GrainhouseError) as exc:

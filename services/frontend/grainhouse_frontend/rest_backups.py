@@ -2,7 +2,7 @@
 
 Owns: /api/v1/grains/{grain_id}/backups, /api/v1/backups…, /api/v1/restores,
 /api/v1/backup-schedules…, the JSON form of backup tasks (ids `bkt_…` under /api/v1/tasks), and
-the HTTP Range rules of archive downloads (shared with the web UI's download link).
+(with backup_downloads.py) the archive downloads.
 Trusts: auth.Authorize for who owns a grain; backup for its own records, which it filters by
 the owner id given here (another owner's backup is NOT_FOUND, so ids cannot be probed).
 Never: holds an archive whole (downloads and uploads stream in ≤ 1 MiB pieces); names a
@@ -11,26 +11,22 @@ storage path; lets one account see, fetch or delete another's backups or tasks.
 Decisions written down here:
 - A backup belongs to the grain's owner; only the owner backs a grain up (editors cannot: an
   archive is the whole grain, including what a role would hide).
-- Downloads: `ETag` is the archive's SHA-256 (a strong validator: the bytes never change),
-  one byte range per request (a multi-range header is ignored and the whole file is sent, as
-  RFC 9110 §14.2 allows), `If-Range` with anything but the current ETag sends the whole file.
 - A refused archive fails its task; the task's `error` is a problem document (status 422) whose
   `reason` names the rule (`zip_slip`, `ratio_bomb`, …) and `entry` the offending entry.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind
+from grainhouse_frontend.backup_downloads import ID_RE, backup_info, download_response
 from grainhouse_frontend.identity import Caller
-from grainhouse_frontend.problem import TYPE_BASE, problem
+from grainhouse_frontend.problem import TYPE_BASE
 from grainhouse_frontend.rest_io import field, iso, json_body, page_json, page_params, page_schema
 from grainhouse_proto import auth_pb2, common_pb2
 from grainhouse_proto import backup_pb2 as bpb
@@ -40,7 +36,6 @@ if TYPE_CHECKING:
 
 TASK_PREFIX = "bkt_"
 CHUNK = 1024 * 1024
-DOWNLOAD_TIMEOUT = 6 * 3600  # a slow client on a multi-GiB archive; cancelled on close
 UPLOAD_TIMEOUT = 6 * 3600
 FREQUENCY = {"hourly": bpb.FREQUENCY_HOURLY, "daily": bpb.FREQUENCY_DAILY,
              "weekly": bpb.FREQUENCY_WEEKLY}  # fmt: skip
@@ -51,8 +46,6 @@ _STATE = {
     bpb.TASK_STATE_SUCCEEDED: "succeeded",
     bpb.TASK_STATE_FAILED: "failed",
 }
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
 BACKUP_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -183,7 +176,7 @@ def is_backup_task(task_id: str) -> bool:
 
 async def get_task(backup: Any, task_id: str, account_id: str) -> bpb.BackupTask:
     inner = task_id.removeprefix(TASK_PREFIX)
-    if not _ID.match(inner):
+    if not ID_RE.match(inner):
         raise GrainhouseError(Kind.NOT_FOUND, "no such task")
     return await backup.GetTask(
         bpb.GetTaskRequest(task_id=inner, owner_account_id=account_id), timeout=10
@@ -226,99 +219,6 @@ async def restore_upload(
             yield bpb.RestoreBackupRequest(chunk=buf)
 
     return await backup.RestoreBackup(parts(), timeout=UPLOAD_TIMEOUT)
-
-
-async def backup_info(backup: Any, backup_id: str, account_id: str) -> bpb.DownloadHeader:
-    """The backup's record and file name (what a whole download's header would say)."""
-    if not _ID.match(backup_id):
-        raise GrainhouseError(Kind.NOT_FOUND, "no such backup")
-    info: bpb.DownloadHeader = await backup.GetBackup(
-        bpb.GetBackupRequest(backup_id=backup_id, owner_account_id=account_id), timeout=10
-    )
-    return info
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
-    """(first, last) inclusive for one satisfiable range; None: send everything; "416"."""
-    m = _RANGE.match(header.replace(" ", ""))
-    if m is None:
-        return None  # not a single bytes range: ignored (RFC 9110 §14.2)
-    first, last = m.group(1), m.group(2)
-    if not first and not last:
-        return None
-    if not first:  # suffix: the last N bytes
-        n = int(last)
-        if n == 0 or size == 0:
-            return "416"
-        return max(0, size - n), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and end < start:
-        return None  # syntactically invalid: ignored
-    if start >= size:
-        return "416"
-    return start, min(end, size - 1)
-
-
-async def download_response(
-    backup: Any, request: Request, backup_id: str, account_id: str
-) -> Response:
-    """The archive as application/zip, whole (200) or one range (206), streamed."""
-    head = await backup_info(backup, backup_id, account_id)
-    info = head.backup
-    size = info.size_bytes
-    etag = f'"{info.sha256}"'
-    headers = {
-        "Accept-Ranges": "bytes",
-        "ETag": etag,
-        "Content-Disposition": f'attachment; filename="{head.filename}"',
-        "Cache-Control": "private, no-cache",
-        "X-Content-Type-Options": "nosniff",
-    }
-    wanted: tuple[int, int] | str | None = None
-    sent_range = request.headers.get("range")
-    if_range = request.headers.get("if-range")
-    if sent_range and (if_range is None or if_range.strip() == etag):
-        wanted = parse_range(sent_range, size)
-    if wanted == "416":
-        reply = problem(416, f"the range is outside the archive ({size} bytes)")
-        reply.headers["Content-Range"] = f"bytes */{size}"
-        reply.headers["Accept-Ranges"] = "bytes"
-        return reply
-    status = 200
-    offset, length = 0, size
-    if isinstance(wanted, tuple):
-        offset, length = wanted[0], wanted[1] - wanted[0] + 1
-        status = 206
-        headers["Content-Range"] = f"bytes {wanted[0]}-{wanted[1]}/{size}"
-    headers["Content-Length"] = str(length)
-    if length == 0:
-        return Response(b"", status_code=status, media_type="application/zip", headers=headers)
-    call = backup.DownloadBackup(
-        bpb.DownloadBackupRequest(backup_id=backup_id, owner_account_id=account_id,
-                                  offset=offset, length=length),
-        timeout=DOWNLOAD_TIMEOUT,
-    )  # fmt: skip
-    try:
-        first = await call.read()  # the header: errors (gone meanwhile) surface before a byte
-        if first is grpc.aio.EOF or first.header.length != length:
-            raise GrainhouseError(Kind.INTERNAL, "backup sent an unexpected download header")
-    except BaseException:
-        call.cancel()
-        raise
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF:
-                    return
-                yield msg.data
-        finally:
-            call.cancel()
-
-    return StreamingResponse(body(), status_code=status, media_type="application/zip",
-                             headers=headers)  # fmt: skip
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -371,7 +271,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
 
     async def delete_backup(request: Request, caller: Caller) -> Response:
         backup_id = request.path_params["backup_id"]
-        if not _ID.match(backup_id):
+        if not ID_RE.match(backup_id):
             raise GrainhouseError(Kind.NOT_FOUND, "no such backup")
         await deps.backup.DeleteBackup(
             bpb.DeleteBackupRequest(backup_id=backup_id, owner_account_id=caller.account_id,
@@ -426,7 +326,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             frequency=frequency, retention=bpb.Retention(**counts),
         )  # fmt: skip
         if grain_id:
-            if not _ID.match(grain_id):
+            if not ID_RE.match(grain_id):
                 raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
             await owner_of(caller, grain_id)
             req.grain_id = grain_id
@@ -439,7 +339,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
 
     async def delete_schedule(request: Request, caller: Caller) -> Response:
         sid = request.path_params["schedule_id"]
-        if not _ID.match(sid):
+        if not ID_RE.match(sid):
             raise GrainhouseError(Kind.NOT_FOUND, "no such schedule")
         await deps.backup.DeleteSchedule(
             bpb.DeleteScheduleRequest(schedule_id=sid, owner_account_id=caller.account_id,

@@ -1,10 +1,11 @@
-"""The Range rules of archive downloads (rest_backups.parse_range): one range, RFC 9110."""
+"""The Range rules of archive downloads (backup_downloads.parse_range): one range, RFC 9110."""
 
 from __future__ import annotations
 
 import pytest
 
-from grainhouse_frontend.rest_backups import parse_range, refusal_name
+from grainhouse_frontend.backup_downloads import parse_range
+from grainhouse_frontend.rest_backups import refusal_name
 from grainhouse_proto import backup_pb2 as bpb
 
 
