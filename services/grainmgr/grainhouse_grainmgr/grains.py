@@ -219,6 +219,29 @@ class Grains:
                 raise GrainhouseError(Kind.NOT_FOUND, f"no action {action_name!r}")
         elif (action_index or 0) >= len(actions):
             raise GrainhouseError(Kind.NOT_FOUND, f"no action number {action_index}")
+        return await self.add_new(
+            app_id,
+            package,
+            owner,
+            title or f"Untitled {package.title}",
+            0,
+            lambda grain_id: self.var_dir(grain_id).mkdir(mode=0o700),
+            "created",
+        )
+
+    async def add_new(
+        self,
+        app_id: str,
+        package: Any,
+        owner: str,
+        title: str,
+        size_bytes: int,
+        fill: Callable[[str], None],
+        event: str,
+    ) -> GrainRow:
+        """A new stopped grain: its row, registered with auth, its storage directory made and
+        `fill`ed (given the new grain id: creates or moves in `var/`), then event `event`. A
+        failure leaves no directory behind."""
         grain_id = new_grain_id()
         row = GrainRow(
             grain_id=grain_id,
@@ -227,9 +250,9 @@ class Grains:
             app_version=package.version,
             app_title=package.title,
             owner_id=owner,
-            title=title or f"Untitled {package.title}",
+            title=title,
             state="stopped",
-            size_bytes=0,
+            size_bytes=size_bytes,
             created_at=now(),
             last_used_at=None,
             trashed_at=None,
@@ -240,19 +263,15 @@ class Grains:
             await self.auth.register(
                 grain_id, owner, app_id, view_info(package.manifest), row.title
             )
-        self._make_storage(grain_id)
+        self.grain_dir(grain_id).mkdir(mode=0o711)
         try:
+            fill(grain_id)
             await self.store.add_grain(row)
         except BaseException:
             shutil.rmtree(self.grain_dir(grain_id), ignore_errors=True)
             raise
-        await self.publish(grain_id, "created", "stopped")
+        await self.publish(grain_id, event, "stopped")
         return row
-
-    def _make_storage(self, grain_id: str) -> None:
-        d = self.grain_dir(grain_id)
-        d.mkdir(mode=0o711)
-        self.var_dir(grain_id).mkdir(mode=0o700)
 
     async def update_title(self, grain_id: str, title: str) -> GrainRow:
         row = await self.get(grain_id)

@@ -24,8 +24,7 @@ from typing import Any
 
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_grainmgr import cgroups, snapshots
-from grainhouse_grainmgr.grains import MAX_TITLE, Grains, Running, du, new_grain_id, now
-from grainhouse_grainmgr.packages import view_info
+from grainhouse_grainmgr.grains import MAX_TITLE, Grains, Running, du
 from grainhouse_grainmgr.store import GrainRow
 
 log = logging.getLogger("grainhouse.grainmgr.transfers")
@@ -128,32 +127,12 @@ class Snapshots:
         self, staging: Path, app_id: str, package: Any, owner: str, title: str
     ) -> GrainRow:
         """Turn a fully checked import (staging/var) into a new grain."""
-        g = self.grains
-        grain_id = new_grain_id()
-        row = GrainRow(
-            grain_id=grain_id,
-            app_id=app_id,
-            package_id=package.package_id,
-            app_version=package.version,
-            app_title=package.title,
-            owner_id=owner,
-            title=title[:MAX_TITLE] or f"Untitled {package.title}",
-            state="stopped",
-            size_bytes=await asyncio.to_thread(du, staging / "var"),
-            created_at=now(),
-            last_used_at=None,
-            trashed_at=None,
-            trash_expires_at=None,
-            last_error="",
+        return await self.grains.add_new(
+            app_id,
+            package,
+            owner,
+            title[:MAX_TITLE] or f"Untitled {package.title}",
+            await asyncio.to_thread(du, staging / "var"),
+            lambda grain_id: os.rename(staging / "var", self.grains.var_dir(grain_id)),
+            "imported",
         )
-        if g.auth is not None:
-            await g.auth.register(grain_id, owner, app_id, view_info(package.manifest), row.title)
-        g.grain_dir(grain_id).mkdir(mode=0o711)
-        os.rename(staging / "var", g.var_dir(grain_id))
-        try:
-            await g.store.add_grain(row)
-        except BaseException:
-            shutil.rmtree(g.grain_dir(grain_id), ignore_errors=True)
-            raise
-        await g.publish(grain_id, "imported", "stopped")
-        return row
