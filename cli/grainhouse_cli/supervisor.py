@@ -339,8 +339,6 @@ class Supervisor:
                     pg_health,
                     {"tcp": f"127.0.0.1:{ports.postgres}"},
                 )
-                if not await self._start_one(self.children["postgres"], 60):
-                    return 1
             if not self.external_nats:
                 store = self.data.root / "nats"
                 argv = [
@@ -360,8 +358,13 @@ class Supervisor:
                     ),
                     {"nats": f"nats://127.0.0.1:{ports.nats}"},
                 )
-                if not await self._start_one(self.children["nats"], 30):
-                    return 1
+            # PostgreSQL and NATS need nothing from each other: they start side by side.
+            first = [("postgres", 60.0), ("nats", 30.0)]
+            started = await asyncio.gather(
+                *(self._start_one(self.children[n], t) for n, t in first if n in self.children)
+            )
+            if not all(started):
+                return 1
             db_files = await asyncio.to_thread(self._provision, pg)
             self._plan_services(ports, db_files)
             for svc in SERVICES:
