@@ -24,24 +24,41 @@ from grainhouse_frontend.http_metrics import GrainHttpMetrics, HttpMetrics
 from grainhouse_frontend.origins import Origins
 from grainhouse_frontend.pages import Ui
 
+# Hosts classified so far (grain hosts repeat for every request of a session); cleared when
+# full, so a client sending random hosts costs a little CPU and never memory.
+HOST_CACHE_SIZE = 4096
+
 
 class HostSplit:
-    """Route a request by its Host header before any platform code sees it."""
+    """Route a request by its Host header before any platform code sees it: the outermost
+    callable (under uvicorn's proxy-headers middleware), so grain HTTP skips Starlette's
+    routing and middleware altogether."""
 
-    def __init__(self, platform: ASGIApp, grains: ASGIApp, origins: Origins) -> None:
+    def __init__(self, platform: ASGIApp, grains: GrainHttpMetrics, origins: Origins) -> None:
         self.platform = platform
         self.grains = grains
         self.origins = origins
+        self._kinds: dict[bytes, tuple[str, str] | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        kind_of_scope = scope["type"]
+        if kind_of_scope == "http" or kind_of_scope == "websocket":
             host = b""
             for name, value in scope["headers"]:
                 if name == b"host":
                     host = value
                     break
-            if self.origins.host_kind(host.decode("latin-1")) is not None:
-                await self.grains(scope, receive, send)
+            try:
+                kind = self._kinds[host]
+            except KeyError:
+                if len(self._kinds) >= HOST_CACHE_SIZE:
+                    self._kinds.clear()
+                kind = self._kinds[host] = self.origins.host_kind(host.decode("latin-1"))
+            if kind is not None:
+                if kind_of_scope == "http":
+                    await self.grains.http(scope, receive, send, host.decode("latin-1"), kind)
+                else:
+                    await self.grains(scope, receive, send)
                 return
         await self.platform(scope, receive, send)
 
@@ -76,4 +93,4 @@ def build(
     if grains is None:
         return measured
     # Grain traffic is measured too, with fixed `grain:*` route labels (never the host).
-    return HostSplit(measured, GrainHttpMetrics(grains, grains.origins), grains.origins)
+    return HostSplit(measured, GrainHttpMetrics(grains, grains.origins, grains), grains.origins)

@@ -6,11 +6,18 @@ grain_websocket.py for the frames.
 Owns: the rules of what crosses into a grain (which request headers, which identity headers) and
 what comes back (a platform CSP with `frame-ancestors`, no referrer); the pool of relay streams.
 Trusts: auth.Authorize for every decision (cached no longer than auth says, dropped on
-revocation events); grainmgr's relay tickets.
+revocation events); grainmgr's relay tickets; the ASGI server (uvicorn's httptools or h11
+parser) to have refused CR, LF and NUL in the client's method, target and headers.
 Never: forwards a platform cookie, an `Authorization` header or a client-sent `X-Sandstorm-*`
 header to a grain; accepts a non-GET request (or any WebSocket handshake) carrying a foreign
-`Origin`; uses httpx on this
-path (ARCHITECTURE §3: a byte stream and h11, nothing heavier).
+`Origin`; uses httpx on this path (ARCHITECTURE §3: a byte stream and a light HTTP/1.1 client,
+grain_upstream.py, nothing heavier).
+
+The hot path (measured with py-spy under bench/bench_grains.py): one pass over the client's
+headers into one request head (the identity headers are built once per cached decision), one
+write to a pooled stream, the response parsed by grain_upstream.py, and a whole small body
+sent to the client with its head in two ASGI messages. The host is classified once, by the
+app's host split, which calls serve_http directly.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import grpc
@@ -29,13 +37,14 @@ import h11
 import wsproto.utilities
 from starlette.types import Receive, Scope, Send
 
+from grainhouse_frontend import grain_upstream
+from grainhouse_frontend.grain_upstream import StreamClosed, Upstream
 from grainhouse_frontend.grain_websocket import GrainWebSocket
 from grainhouse_frontend.origins import Decision, Origin, Origins
 from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2, grainmgr_pb2_grpc
 
 log = logging.getLogger("grainhouse.frontend.grain")
 HANDSHAKE_TIMEOUT = 30.0
-READ_TIMEOUT = 300.0
 # Idle streams kept per origin. Every request that finds the pool empty costs a gRPC
 # OpenStream, a relay handshake and new connections in the bridge and the app (≈1 ms of CPU
 # across the processes, measured by bench/bench_grains.py), so the pool must cover a client's
@@ -59,6 +68,10 @@ HOP_BY_HOP = {
 # Never sent to a grain: platform credentials, and identity the client might try to forge.
 STRIPPED_REQUEST = HOP_BY_HOP | {b"authorization", b"host", b"forwarded", b"x-forwarded-for"}
 STRIPPED_RESPONSE = HOP_BY_HOP | {b"x-frame-options", b"referrer-policy"}
+# A 204 or 304 has no body: a Content-Length on it (legal on a 304) would make the ASGI server
+# wait for one.
+STRIPPED_NO_BODY = STRIPPED_RESPONSE | {b"content-length"}
+CHUNKED_HEAD_END = b"transfer-encoding: chunked\r\n\r\n"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Not an HTTP method: a WebSocket handshake is checked for its Origin like any unsafe request.
 WEBSOCKET = "WEBSOCKET"
@@ -72,6 +85,9 @@ DENY_STATUS = {
 }
 
 
+StreamT = TypeVar("StreamT")
+
+
 class Denied(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -79,47 +95,51 @@ class Denied(Exception):
         self.message = message
 
 
-class _Stream:
-    """One relay stream into the grain, speaking HTTP/1.1 through h11."""
+class _Identity:
+    """The identity headers for one origin under one cached decision (pairs and wire form)."""
+
+    __slots__ = ("block", "decision", "pairs", "session")
+
+    def __init__(
+        self, decision: Decision, session: str, pairs: list[tuple[bytes, bytes]], block: bytes
+    ) -> None:
+        self.decision = decision
+        self.session = session
+        self.pairs = pairs
+        self.block = block
+
+
+class _Answer:
+    """The ASGI `send` of one request, remembering the status it sent (for the metrics)."""
+
+    __slots__ = ("send", "started", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self.status = 500  # nothing sent: counted as the server's failure
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+        await self.send(message)
+
+
+class RelayStream:
+    """One relay stream for a WebSocket (never pooled: after the upgrade it is the socket)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT)
-        self.idle_since = time.monotonic()
-
-    async def send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
-
-    async def next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            # asyncio.timeout, not wait_for: no extra task per read on the hot path.
-            async with asyncio.timeout(READ_TIMEOUT):
-                data = await self.reader.read(65536)
-            self.conn.receive_data(data)
-
-    def reusable(self) -> bool:
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            try:
-                self.conn.start_next_cycle()
-                return True
-            except h11.LocalProtocolError:
-                return False
-        return False
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
 
 
-async def relay_connect(ticket: grainmgr_pb2.StreamTicket) -> _Stream:
-    """Open one stream with grainmgr's relay handshake."""
+async def relay_connect(ticket: grainmgr_pb2.StreamTicket) -> RelayStream:
+    """Open one stream with grainmgr's relay handshake, as a StreamReader/StreamWriter pair."""
     address = ticket.relay_address
     if address.startswith("unix:"):
         reader, writer = await asyncio.wait_for(
@@ -136,7 +156,12 @@ async def relay_connect(ticket: grainmgr_pb2.StreamTicket) -> _Stream:
     if answer != b"OK\r\n":
         writer.close()
         raise ConnectionError("the relay refused the stream key")
-    return _Stream(reader, writer)
+    return RelayStream(reader, writer)
+
+
+async def upstream_connect(ticket: grainmgr_pb2.StreamTicket) -> Upstream:
+    """Open one stream with grainmgr's relay handshake, for HTTP/1.1 exchanges (pooled)."""
+    return await grain_upstream.connect(ticket.relay_address, ticket.stream_key_secret)
 
 
 def bearer_from(headers: dict[bytes, bytes]) -> str:
@@ -169,39 +194,68 @@ class GrainProxy:
         self.public_url = public_url.rstrip("/")
         self.scheme = public_url.split("://", 1)[0]
         self.cookie_names = cookie_names
-        self._pool: dict[str, list[_Stream]] = {}
+        self._pool: dict[str, list[Upstream]] = {}
+        self._identities: dict[str, _Identity] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.csp = (
             "default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:; "
             "base-uri 'self'; form-action 'self'; object-src 'none'; "
             f"frame-ancestors {self.public_url}"
         )
+        # Added to every grain response (built once: the same bytes for every request).
+        self._walls = [
+            (b"content-security-policy", self.csp.encode()),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
 
     # -- ASGI -----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        """Plain ASGI entry (the app's host split calls serve_http directly, host known)."""
         if scope["type"] == "websocket":
+            self._start_sweeper()
             await self._websocket(scope, receive, send)
             return
         if scope["type"] != "http":
             return
-        headers = {k.lower(): v for k, v in scope["headers"]}
-        host = headers.get(b"host", b"").decode("latin-1")
-        kind = self.origins.host_kind(host)
+        host = ""
+        for name, value in scope["headers"]:
+            if name.lower() == b"host":
+                host = value.decode("latin-1")
+                break
+        await self.serve_http(scope, receive, send, host, self.origins.host_kind(host))
+
+    async def serve_http(
+        self, scope: Scope, receive: Receive, send: Send, host: str, kind: tuple[str, str] | None
+    ) -> int:
+        """Answer one HTTP request to a grain host; returns the status sent (for the metrics).
+
+        `kind` is `Origins.host_kind(host)`, worked out once by the caller."""
+        if self._sweeper is None:
+            self._start_sweeper()
+        answer = _Answer(send)
         try:
             if kind is None:
                 raise Denied(404, "unknown host")
+            headers = {k.lower(): v for k, v in scope["headers"]}
             origin = await self._origin(kind, headers, host, (scope.get("client") or ("",))[0])
             self._check_origin_header(scope["method"], headers, host, kind[0])
             decision = await self._decide(origin)
-            await self._forward(origin, decision, scope, receive, send, host)
+            await self._forward(origin, decision, scope, receive, answer, host, headers)
         except Denied as exc:
-            await self._plain(send, exc.status, exc.message, kind is not None and kind[0] == "api")
-        except (TimeoutError, ConnectionError, OSError, h11.ProtocolError) as exc:
+            await self._plain(
+                answer, exc.status, exc.message, kind is not None and kind[0] == "api"
+            )
+        except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("grain relay failed: %s", type(exc).__name__)
-            await self._plain(send, 502, "the grain did not answer", False)
+            if not answer.started:
+                await self._plain(answer, 502, "the grain did not answer", False)
+        return answer.status
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = GrainWebSocket(self, scope, receive, send)
@@ -243,6 +297,7 @@ class GrainProxy:
         return True
 
     async def _plain(self, send: Send, status: int, message: str, api: bool) -> None:
+        """A short text answer from the platform itself (ignored once a response started)."""
         body = f"{message}\n".encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -330,20 +385,35 @@ class GrainProxy:
 
     # -- the relay ------------------------------------------------------------------------
 
-    async def _open_stream(
-        self, origin: Origin, decision: Decision, fresh: bool = False
-    ) -> _Stream:
+    async def _take_stream(self, origin: Origin, decision: Decision) -> tuple[Upstream, bool]:
+        """A stream for one HTTP exchange: a pooled one if any, else a new one (True if pooled)."""
+        self._check_session_role(origin, decision)
+        pool = self._pool.get(origin.origin_id)
+        while pool:
+            stream = pool.pop()
+            if stream.usable():
+                return stream, True
+            stream.close()
+        return await self._new_stream(origin, decision, upstream_connect), False
+
+    async def open_websocket_stream(self, origin: Origin, decision: Decision) -> RelayStream:
+        """A fresh stream for one WebSocket (never from or back to the pool)."""
+        self._check_session_role(origin, decision)
+        return await self._new_stream(origin, decision, relay_connect)
+
+    def _check_session_role(self, origin: Origin, decision: Decision) -> None:
         if origin.grainmgr_session and tuple(decision.permissions) != origin.session_permissions:
             # The role changed (narrowed or widened): a new grainmgr session carries it.
             origin.grainmgr_session = ""
             for stale in self._pool.pop(origin.origin_id, []):
                 stale.close()
-        pool = None if fresh else self._pool.get(origin.origin_id)
-        while pool:
-            stream = pool.pop()
-            if not stream.writer.is_closing() and not stream.reader.at_eof():
-                return stream
-            stream.close()
+
+    async def _new_stream(
+        self,
+        origin: Origin,
+        decision: Decision,
+        connect: Callable[[grainmgr_pb2.StreamTicket], Awaitable[StreamT]],
+    ) -> StreamT:
         if origin.grainmgr_session:
             try:
                 ticket = await self.grainmgr.OpenStream(
@@ -352,7 +422,7 @@ class GrainProxy:
                     ),
                     timeout=10,
                 )
-                return await relay_connect(ticket)
+                return await connect(ticket)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (
                     grpc.StatusCode.NOT_FOUND,
@@ -384,26 +454,22 @@ class GrainProxy:
             raise ConnectionError("grainmgr could not open a session") from exc
         origin.grainmgr_session = opened.session_id
         origin.session_permissions = tuple(decision.permissions)
-        return await relay_connect(opened.stream)
+        return await connect(opened.stream)
 
     def _base_path(self, origin: Origin) -> str:
         if origin.session_type == "api":
             return self.origins.api_url(self.scheme)
         return self.origins.url(origin.origin_id, self.scheme)
 
-    def _request_headers(
-        self, origin: Origin, decision: Decision, raw: list[tuple[bytes, bytes]], host: str
-    ) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = [(b"host", host.encode("latin-1"))]
-        for name, value in raw:
-            lname = name.lower()
-            if lname in STRIPPED_REQUEST or lname.startswith(b"x-sandstorm-"):
-                continue
-            if lname == b"cookie":
-                value = self._strip_platform_cookies(value)
-                if not value:
-                    continue
-            out.append((lname, value))
+    def _identity(self, origin: Origin, decision: Decision) -> _Identity:
+        """The identity headers of a request through `origin`, built once per decision."""
+        cached = self._identities.get(origin.origin_id)
+        if (
+            cached is not None
+            and cached.decision is decision
+            and cached.session == origin.grainmgr_session
+        ):
+            return cached
         ident: Any = decision.identity
         add = {
             "x-sandstorm-username": quote(ident.display_name or "Anonymous", safe=""),
@@ -417,8 +483,60 @@ class GrainProxy:
             add["x-sandstorm-user-id"] = ident.user_id
         if ident.preferred_handle:
             add["x-sandstorm-preferred-handle"] = ident.preferred_handle
-        out += [(k.encode(), v.encode("latin-1", "replace")) for k, v in add.items()]
+        # Values come from auth and grainmgr; still, nothing may end a header line early.
+        pairs = [
+            (k.encode(), v.encode("latin-1", "replace").translate(None, b"\r\n\0"))
+            for k, v in add.items()
+        ]
+        block = b"".join(b"%s: %s\r\n" % pair for pair in pairs)
+        made = _Identity(decision, origin.grainmgr_session, pairs, block)
+        self._identities[origin.origin_id] = made
+        return made
+
+    def _request_headers(
+        self, origin: Origin, decision: Decision, raw: list[tuple[bytes, bytes]], host: str
+    ) -> list[tuple[bytes, bytes]]:
+        """What crosses into the grain (for the WebSocket handshake): the client's headers
+        minus what never crosses, then the identity headers."""
+        out: list[tuple[bytes, bytes]] = [(b"host", host.encode("latin-1"))]
+        for name, value in raw:
+            lname = name.lower()
+            if lname in STRIPPED_REQUEST or lname.startswith(b"x-sandstorm-"):
+                continue
+            if lname == b"cookie":
+                value = self._strip_platform_cookies(value)
+                if not value:
+                    continue
+            out.append((lname, value))
+        out += self._identity(origin, decision).pairs
         return out
+
+    def _request_head(
+        self,
+        origin: Origin,
+        decision: Decision,
+        scope: Scope,
+        host: str,
+        framing: bytes,
+    ) -> bytes:
+        """The request head for the grain, as one bytes: the same rules as _request_headers
+        (names and values were checked for CR, LF and NUL by the ASGI server's parser)."""
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        parts = [scope["method"].encode(), b" ", target, b" HTTP/1.1\r\nhost: "]
+        parts += (host.encode("latin-1"), b"\r\n")
+        for name, value in scope["headers"]:
+            lname = name.lower()
+            if lname in STRIPPED_REQUEST or lname.startswith(b"x-sandstorm-"):
+                continue
+            if lname == b"cookie":
+                value = self._strip_platform_cookies(value)
+                if not value:
+                    continue
+            parts += (lname, b": ", value, b"\r\n")
+        parts += (self._identity(origin, decision).block, framing)
+        return b"".join(parts)
 
     def _strip_platform_cookies(self, value: bytes) -> bytes:
         kept = []
@@ -436,55 +554,57 @@ class GrainProxy:
         receive: Receive,
         send: Send,
         host: str,
+        headers: dict[bytes, bytes],
     ) -> None:
-        raw_headers = list(scope["headers"])
-        lowered = {k.lower(): v for k, v in raw_headers}
-        origin.user_agent = lowered.get(b"user-agent", b"").decode("latin-1")[:256]
-        headers = self._request_headers(origin, decision, raw_headers, host)
-        length = lowered.get(b"content-length")
-        has_body = length is not None or b"transfer-encoding" in lowered
-        if length is not None:
-            headers.append((b"content-length", length))
-        elif has_body:
-            headers.append((b"transfer-encoding", b"chunked"))
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        stream = await self._open_stream(origin, decision)
+        origin.user_agent = headers.get(b"user-agent", b"").decode("latin-1")[:256]
+        # Request body framing: the client's Content-Length goes through with its header; a
+        # chunked body (the ASGI server took its chunks apart) is chunked again for the grain.
+        chunked = b"content-length" not in headers and b"transfer-encoding" in headers
+        has_body = chunked or b"content-length" in headers
+        method = scope["method"]
+        stream, pooled = await self._take_stream(origin, decision)
+        end = CHUNKED_HEAD_END if chunked else b"\r\n"
+        try:
+            await stream.write(self._request_head(origin, decision, scope, host, end))
+            if has_body and not await self._send_body(stream, receive, chunked):
+                stream.close()
+                return
+            response = await stream.read_head(method == "HEAD")
+        except StreamClosed:
+            stream.close()
+            if not (pooled and not has_body and method in SAFE_METHODS):
+                raise
+            # A pooled stream the grain's side closed meanwhile: the request never reached the
+            # grain, so a safe request without a body goes again, once, on a fresh stream.
+            stream = await self._new_stream(origin, decision, upstream_connect)
+            try:
+                await stream.write(self._request_head(origin, decision, scope, host, end))
+                response = await stream.read_head(method == "HEAD")
+            except BaseException:
+                stream.close()
+                raise
+        except BaseException:
+            stream.close()
+            raise
         ok = False
         try:
-            await stream.send(h11.Request(method=scope["method"], target=target, headers=headers))
-            if has_body:
-                more = True
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    body = message.get("body", b"")
-                    if body:
-                        await stream.send(h11.Data(data=body))
-                    more = message.get("more_body", False)
-            await stream.send(h11.EndOfMessage())
-            response = await stream.next_event()
-            if not isinstance(response, h11.Response):
-                raise ConnectionError("the grain sent no response")
+            # What came with the head is checked first: a body broken from its start still
+            # gets a 502. Later breaks can only cut the response short (the client's connection
+            # is closed, as a proxy must: RFC 9112 §8).
+            data, done = await stream.read_body(wait=False)
             await send(
                 {
                     "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": self._response_headers(response.headers),
+                    "status": response.status,
+                    "headers": self._response_headers(response.headers, response.status),
                 }
             )
-            while True:
-                event = await stream.next_event()
-                if isinstance(event, h11.Data):
-                    await send(
-                        {"type": "http.response.body", "body": bytes(event.data), "more_body": True}
-                    )
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
-            await send({"type": "http.response.body", "body": b""})
-            ok = stream.reusable()
+            while not done:
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                data, done = await stream.read_body()
+            await send({"type": "http.response.body", "body": data})
+            ok = stream.usable()
         finally:
             pool = self._pool.setdefault(origin.origin_id, [])
             if ok and len(pool) < POOL_PER_ORIGIN:
@@ -492,6 +612,25 @@ class GrainProxy:
                 pool.append(stream)
             else:
                 stream.close()
+
+    async def _send_body(self, stream: Upstream, receive: Receive, chunked: bool) -> bool:
+        """Stream the client's body to the grain; False if the client left first."""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunked:
+                tail = b"\r\n" if more else b"\r\n0\r\n\r\n"
+                if body:
+                    await stream.write(b"%x\r\n%b%b" % (len(body), body, tail))
+                elif not more:
+                    await stream.write(b"0\r\n\r\n")
+            elif body:
+                await stream.write(body)
+        return True
 
     def allowed_response_headers(self, raw: Any) -> list[tuple[bytes, bytes]]:
         """A grain's response headers minus what ends here (hop-by-hop, framing policy)."""
@@ -501,14 +640,14 @@ class GrainProxy:
             if bytes(k).lower() not in STRIPPED_RESPONSE
         ]
 
-    def _response_headers(self, raw: Any) -> list[tuple[bytes, bytes]]:
-        # The grain's own CSP stays (both apply); ours adds frame-ancestors and the walls.
-        out = self.allowed_response_headers(raw)
-        out += [
-            (b"content-security-policy", self.csp.encode()),
-            (b"referrer-policy", b"no-referrer"),
-            (b"x-content-type-options", b"nosniff"),
-        ]
+    def _response_headers(
+        self, raw: list[tuple[bytes, bytes]], status: int
+    ) -> list[tuple[bytes, bytes]]:
+        # Names are lowercased bytes already (grain_upstream). The grain's own CSP stays (both
+        # apply); ours adds frame-ancestors and the walls.
+        drop = STRIPPED_RESPONSE if status not in (204, 304) else STRIPPED_NO_BODY
+        out = [(k, v) for k, v in raw if k not in drop]
+        out += self._walls
         return out
 
     async def _sweep(self) -> None:
@@ -525,6 +664,10 @@ class GrainProxy:
                     pool[:] = keep
                 else:
                     del self._pool[origin_id]
+            now = time.monotonic()
+            for origin_id, made in list(self._identities.items()):
+                if made.decision.expires < now:
+                    del self._identities[origin_id]  # built again on the next request
 
     def close(self) -> None:
         if self._sweeper is not None:
@@ -533,3 +676,4 @@ class GrainProxy:
             for stream in pool:
                 stream.close()
         self._pool.clear()
+        self._identities.clear()

@@ -32,7 +32,8 @@ from starlette.types import Receive, Scope, Send
 from grainhouse_frontend.origins import Decision, Origin
 
 if TYPE_CHECKING:
-    from grainhouse_frontend.grain_proxy import GrainProxy, _Stream
+    from grainhouse_frontend.grain_proxy import GrainProxy
+    from grainhouse_frontend.grain_proxy import RelayStream as _Stream
 
 log = logging.getLogger("grainhouse.frontend.grain.ws")
 
@@ -69,7 +70,7 @@ class GrainWebSocket:
         self.accepted = False
 
     async def run(self, origin: Origin, decision: Decision, host: str) -> None:
-        stream = await self.proxy._open_stream(origin, decision, fresh=True)
+        stream = await self.proxy.open_websocket_stream(origin, decision)
         try:
             if await self._handshake(stream, origin, decision, host):
                 await self._pump(stream, origin)
