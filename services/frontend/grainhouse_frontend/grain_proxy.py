@@ -40,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 from grainhouse_frontend import grain_upstream
 from grainhouse_frontend.grain_upstream import StreamClosed, Upstream
 from grainhouse_frontend.grain_websocket import GrainWebSocket
+from grainhouse_frontend.identity import wait_seconds
 from grainhouse_frontend.origins import Decision, Origin, Origins
 from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2, grainmgr_pb2_grpc
 
@@ -89,10 +90,11 @@ StreamT = TypeVar("StreamT")
 
 
 class Denied(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int = 0) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # seconds, sent as Retry-After when > 0
 
 
 class _Identity:
@@ -245,7 +247,11 @@ class GrainProxy:
             await self._forward(origin, decision, scope, receive, answer, host, headers)
         except Denied as exc:
             await self._plain(
-                answer, exc.status, exc.message, kind is not None and kind[0] == "api"
+                answer,
+                exc.status,
+                exc.message,
+                kind is not None and kind[0] == "api",
+                exc.retry_after,
             )
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("grain relay failed: %s", type(exc).__name__)
@@ -296,7 +302,9 @@ class GrainProxy:
             return exc.status == 503  # auth unreachable: keep what is open, refuse new ones
         return True
 
-    async def _plain(self, send: Send, status: int, message: str, api: bool) -> None:
+    async def _plain(
+        self, send: Send, status: int, message: str, api: bool, retry_after: int = 0
+    ) -> None:
         """A short text answer from the platform itself (ignored once a response started)."""
         body = f"{message}\n".encode()
         headers = [
@@ -307,6 +315,8 @@ class GrainProxy:
         ]
         if status == 401 and api:
             headers.append((b"www-authenticate", b'Basic realm="grainhouse grain API"'))
+        if retry_after > 0:
+            headers.append((b"retry-after", str(retry_after).encode()))
         with contextlib.suppress(Exception):
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
@@ -335,6 +345,11 @@ class GrainProxy:
                 timeout=5,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # this address guessed
+                wait = wait_seconds(exc.details() or "")
+                raise Denied(429, f"too many attempts: try again in {wait} s", wait) from exc
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise Denied(503, "cannot check the token right now") from exc
             raise Denied(401, "invalid or expired token") from exc
         if not reply.principal.grain_id:
             raise Denied(403, "this host takes grain API tokens only")

@@ -155,6 +155,12 @@ class Identity:
         return caller.with_secret(secret)
 
 
+def wait_seconds(details: str) -> int:
+    """The wait auth named in a RESOURCE_EXHAUSTED message ("… try again in N s"); 1 if none."""
+    found = _WAIT.search(details)
+    return max(1, int(found.group(1))) if found else 1
+
+
 def client_address(request: Request) -> str:
     """The client's address for auth's guess limits (auth.proto client_address)."""
     # Already the forwarded client's when the peer is a trusted proxy (uvicorn's proxy headers

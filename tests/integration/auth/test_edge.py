@@ -40,6 +40,8 @@ EDGE_ENV = {
     "GRAINHOUSE_AUTH_LOGIN_BASE_DELAY_SECONDS": "30",
     "GRAINHOUSE_AUTH_LOGIN_MAX_DELAY_SECONDS": "30",
     "GRAINHOUSE_AUTH_LOGIN_BLOCK_SECONDS": "600",
+    # No reverse proxy: every loopback address here is a client of its own.
+    "GRAINHOUSE_FRONTEND_TRUSTED_PROXIES": "",
 }
 BAD_TOKEN = "ghp_" + "x" * 43
 
@@ -71,12 +73,16 @@ def grain(admin_api: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
 def from_address(
     stack: Stack, source: str, path: str, token: str | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    """GET `path` from the client address `source` (a loopback address other than 127.0.0.1)."""
+    """GET `path` (or a full URL on another host of the platform) from the client address
+    `source` (a loopback address other than 127.0.0.1)."""
     parts = urllib.parse.urlsplit(stack.url)
     conn = http.client.HTTPConnection(
         "127.0.0.1", parts.port, timeout=60, source_address=(source, 0)
     )
     headers = {"Host": parts.netloc}
+    if path.startswith("http"):  # another host of the platform (the grain API host)
+        target = urllib.parse.urlsplit(path)
+        headers["Host"], path = target.netloc, target.path or "/"
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
@@ -106,6 +112,25 @@ def test_bearer_guesses_get_429_with_retry_after_for_that_address_only(
     # Another address: the good token works, a bad one is an ordinary 401.
     assert from_address(stack, other, "/api/v1/me", good)[0] == 200
     assert from_address(stack, other, "/api/v1/me", BAD_TOKEN)[0] == 401
+
+
+def test_grain_api_host_guesses_get_429_with_retry_after(
+    stack: Stack, admin_api: Client, grain: str
+) -> None:
+    made = admin_api.api("POST", f"/grains/{grain}/api-tokens", {"role": "viewer", "label": "g"})
+    assert made.status == 201, made.text
+    good, url = made.json()["token"], made.json()["api_url"]
+    guesser, other = "127.0.0.6", "127.0.0.7"
+    statuses = [from_address(stack, guesser, url + "/whoami", BAD_TOKEN)[0] for _ in range(4)]
+    assert statuses == [401] * 4  # three free; the fourth makes the address wait
+    status, headers, body = from_address(stack, guesser, url + "/whoami", BAD_TOKEN)
+    assert status == 429, body
+    assert 1 <= int(headers["retry-after"]) <= 30, headers
+    assert b"try again in" in body
+    assert "www-authenticate" not in headers  # no credentials would help now
+    # The real token from the waiting address is refused too; from another address it works.
+    assert from_address(stack, guesser, url + "/whoami", good)[0] == 429
+    assert from_address(stack, other, url + "/whoami", good)[0] == 200
 
 
 def test_share_link_guesses_are_limited_at_the_edge(
