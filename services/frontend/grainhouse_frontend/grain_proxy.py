@@ -1,10 +1,11 @@
 """Grain traffic: HTTP on `ui-<id>` and `api` hosts, authorized, cleaned and relayed to the grain.
 
-WebSockets take the same door (origin, authorization, header rules here) and then go to
-grain_websocket.py for the frames.
+WebSockets take the same door (origin, authorization, header rules) and then go to
+grain_websocket.py for the frames. What crosses into a grain and back is grain_headers.py's.
 
-Owns: the rules of what crosses into a grain (which request headers, which identity headers) and
-what comes back (a platform CSP with `frame-ancestors`, no referrer); the pool of relay streams.
+Owns: the door of grain traffic (which host is which origin, the Origin check, authorization
+on every request with auth's cached decision, the platform's own short answers), the grainmgr
+sessions behind origins and the pool of relay streams.
 Trusts: auth.Authorize for every decision (cached no longer than auth says, dropped on
 revocation events); grainmgr's relay tickets; the ASGI server (uvicorn's httptools or h11
 parser) to have refused CR, LF and NUL in the client's method, target and headers.
@@ -30,7 +31,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import grpc
 import h11
@@ -38,6 +38,7 @@ import wsproto.utilities
 from starlette.types import Receive, Scope, Send
 
 from grainhouse_frontend import grain_upstream
+from grainhouse_frontend.grain_headers import CHUNKED_HEAD_END, HeaderRules
 from grainhouse_frontend.grain_upstream import StreamClosed, Upstream
 from grainhouse_frontend.grain_websocket import GrainWebSocket
 from grainhouse_frontend.identity import wait_seconds
@@ -54,25 +55,6 @@ POOL_PER_ORIGIN = 64
 # A pooled stream counts as traffic for grainmgr (an open stream keeps a grain running), so
 # idle ones are closed well before grainmgr's idle stop (90 s by default).
 POOL_IDLE_SECONDS = 20.0
-# Hop-by-hop headers (RFC 9110 §7.6.1) end at this proxy, in both directions.
-HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-}
-# Never sent to a grain: platform credentials, and identity the client might try to forge.
-STRIPPED_REQUEST = HOP_BY_HOP | {b"authorization", b"host", b"forwarded", b"x-forwarded-for"}
-STRIPPED_RESPONSE = HOP_BY_HOP | {b"x-frame-options", b"referrer-policy"}
-# A 204 or 304 has no body: a Content-Length on it (legal on a 304) would make the ASGI server
-# wait for one.
-STRIPPED_NO_BODY = STRIPPED_RESPONSE | {b"content-length"}
-CHUNKED_HEAD_END = b"transfer-encoding: chunked\r\n\r\n"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Not an HTTP method: a WebSocket handshake is checked for its Origin like any unsafe request.
 WEBSOCKET = "WEBSOCKET"
@@ -95,20 +77,6 @@ class Denied(Exception):
         self.status = status
         self.message = message
         self.retry_after = retry_after  # seconds, sent as Retry-After when > 0
-
-
-class _Identity:
-    """The identity headers for one origin under one cached decision (pairs and wire form)."""
-
-    __slots__ = ("block", "decision", "pairs", "session")
-
-    def __init__(
-        self, decision: Decision, session: str, pairs: list[tuple[bytes, bytes]], block: bytes
-    ) -> None:
-        self.decision = decision
-        self.session = session
-        self.pairs = pairs
-        self.block = block
 
 
 class _Answer:
@@ -195,21 +163,10 @@ class GrainProxy:
         self.grainmgr = grainmgr
         self.public_url = public_url.rstrip("/")
         self.scheme = public_url.split("://", 1)[0]
-        self.cookie_names = cookie_names
         self._pool: dict[str, list[Upstream]] = {}
-        self._identities: dict[str, _Identity] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self.csp = (
-            "default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:; "
-            "base-uri 'self'; form-action 'self'; object-src 'none'; "
-            f"frame-ancestors {self.public_url}"
-        )
-        # Added to every grain response (built once: the same bytes for every request).
-        self._walls = [
-            (b"content-security-policy", self.csp.encode()),
-            (b"referrer-policy", b"no-referrer"),
-            (b"x-content-type-options", b"nosniff"),
-        ]
+        self.headers = HeaderRules(public_url, cookie_names, self._base_path)
+        self.csp = self.headers.csp
 
     # -- ASGI -----------------------------------------------------------------------------
 
@@ -476,91 +433,6 @@ class GrainProxy:
             return self.origins.api_url(self.scheme)
         return self.origins.url(origin.origin_id, self.scheme)
 
-    def _identity(self, origin: Origin, decision: Decision) -> _Identity:
-        """The identity headers of a request through `origin`, built once per decision."""
-        cached = self._identities.get(origin.origin_id)
-        if (
-            cached is not None
-            and cached.decision is decision
-            and cached.session == origin.grainmgr_session
-        ):
-            return cached
-        ident: Any = decision.identity
-        add = {
-            "x-sandstorm-username": quote(ident.display_name or "Anonymous", safe=""),
-            "x-sandstorm-permissions": ",".join(decision.permissions),
-            "x-sandstorm-session-id": origin.grainmgr_session,
-            "x-sandstorm-tab-id": origin.tab_id,
-            "x-sandstorm-session-type": origin.session_type,
-            "x-sandstorm-base-path": self._base_path(origin),
-        }
-        if ident.user_id and not ident.is_anonymous:
-            add["x-sandstorm-user-id"] = ident.user_id
-        if ident.preferred_handle:
-            add["x-sandstorm-preferred-handle"] = ident.preferred_handle
-        # Values come from auth and grainmgr; still, nothing may end a header line early.
-        pairs = [
-            (k.encode(), v.encode("latin-1", "replace").translate(None, b"\r\n\0"))
-            for k, v in add.items()
-        ]
-        block = b"".join(b"%s: %s\r\n" % pair for pair in pairs)
-        made = _Identity(decision, origin.grainmgr_session, pairs, block)
-        self._identities[origin.origin_id] = made
-        return made
-
-    def _request_headers(
-        self, origin: Origin, decision: Decision, raw: list[tuple[bytes, bytes]], host: str
-    ) -> list[tuple[bytes, bytes]]:
-        """What crosses into the grain (for the WebSocket handshake): the client's headers
-        minus what never crosses, then the identity headers."""
-        out: list[tuple[bytes, bytes]] = [(b"host", host.encode("latin-1"))]
-        for name, value in raw:
-            lname = name.lower()
-            if lname in STRIPPED_REQUEST or lname.startswith(b"x-sandstorm-"):
-                continue
-            if lname == b"cookie":
-                value = self._strip_platform_cookies(value)
-                if not value:
-                    continue
-            out.append((lname, value))
-        out += self._identity(origin, decision).pairs
-        return out
-
-    def _request_head(
-        self,
-        origin: Origin,
-        decision: Decision,
-        scope: Scope,
-        host: str,
-        framing: bytes,
-    ) -> bytes:
-        """The request head for the grain, as one bytes: the same rules as _request_headers
-        (names and values were checked for CR, LF and NUL by the ASGI server's parser)."""
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        parts = [scope["method"].encode(), b" ", target, b" HTTP/1.1\r\nhost: "]
-        parts += (host.encode("latin-1"), b"\r\n")
-        for name, value in scope["headers"]:
-            lname = name.lower()
-            if lname in STRIPPED_REQUEST or lname.startswith(b"x-sandstorm-"):
-                continue
-            if lname == b"cookie":
-                value = self._strip_platform_cookies(value)
-                if not value:
-                    continue
-            parts += (lname, b": ", value, b"\r\n")
-        parts += (self._identity(origin, decision).block, framing)
-        return b"".join(parts)
-
-    def _strip_platform_cookies(self, value: bytes) -> bytes:
-        kept = []
-        for part in value.decode("latin-1").split(";"):
-            name = part.split("=", 1)[0].strip()
-            if name and name not in self.cookie_names:
-                kept.append(part.strip())
-        return "; ".join(kept).encode("latin-1")
-
     async def _forward(
         self,
         origin: Origin,
@@ -580,7 +452,7 @@ class GrainProxy:
         stream, pooled = await self._take_stream(origin, decision)
         end = CHUNKED_HEAD_END if chunked else b"\r\n"
         try:
-            await stream.write(self._request_head(origin, decision, scope, host, end))
+            await stream.write(self.headers.request_head(origin, decision, scope, host, end))
             if has_body and not await self._send_body(stream, receive, chunked):
                 stream.close()
                 return
@@ -593,7 +465,7 @@ class GrainProxy:
             # grain, so a safe request without a body goes again, once, on a fresh stream.
             stream = await self._new_stream(origin, decision, upstream_connect)
             try:
-                await stream.write(self._request_head(origin, decision, scope, host, end))
+                await stream.write(self.headers.request_head(origin, decision, scope, host, end))
                 response = await stream.read_head(method == "HEAD")
             except BaseException:
                 stream.close()
@@ -611,7 +483,7 @@ class GrainProxy:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": self._response_headers(response.headers, response.status),
+                    "headers": self.headers.response_headers(response.headers, response.status),
                 }
             )
             while not done:
@@ -647,24 +519,6 @@ class GrainProxy:
                 await stream.write(body)
         return True
 
-    def allowed_response_headers(self, raw: Any) -> list[tuple[bytes, bytes]]:
-        """A grain's response headers minus what ends here (hop-by-hop, framing policy)."""
-        return [
-            (bytes(k).lower(), bytes(v))
-            for k, v in raw
-            if bytes(k).lower() not in STRIPPED_RESPONSE
-        ]
-
-    def _response_headers(
-        self, raw: list[tuple[bytes, bytes]], status: int
-    ) -> list[tuple[bytes, bytes]]:
-        # Names are lowercased bytes already (grain_upstream). The grain's own CSP stays (both
-        # apply); ours adds frame-ancestors and the walls.
-        drop = STRIPPED_RESPONSE if status not in (204, 304) else STRIPPED_NO_BODY
-        out = [(k, v) for k, v in raw if k not in drop]
-        out += self._walls
-        return out
-
     async def _sweep(self) -> None:
         """Close pooled streams idle for POOL_IDLE_SECONDS, so idle grains can stop."""
         while True:
@@ -679,10 +533,7 @@ class GrainProxy:
                     pool[:] = keep
                 else:
                     del self._pool[origin_id]
-            now = time.monotonic()
-            for origin_id, made in list(self._identities.items()):
-                if made.decision.expires < now:
-                    del self._identities[origin_id]  # built again on the next request
+            self.headers.forget_expired(time.monotonic())
 
     def close(self) -> None:
         if self._sweeper is not None:
@@ -691,4 +542,4 @@ class GrainProxy:
             for stream in pool:
                 stream.close()
         self._pool.clear()
-        self._identities.clear()
+        self.headers.clear()

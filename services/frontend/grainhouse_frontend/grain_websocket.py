@@ -104,7 +104,7 @@ class GrainWebSocket:
         raw = [(k, v) for k, v in self.scope["headers"] if k.lower() not in HANDSHAKE_HEADERS]
         headers = [
             (k, v)
-            for k, v in self.proxy._request_headers(origin, decision, raw, host)
+            for k, v in self.proxy.headers.request_headers(origin, decision, raw, host)
             if k != b"host"
         ]
         target = self.scope.get("raw_path") or self.scope["path"].encode()
@@ -143,7 +143,7 @@ class GrainWebSocket:
         # The 101's own headers (Set-Cookie, say) pass under the same rules as any response.
         return [
             (k, v)
-            for k, v in self.proxy.allowed_response_headers(raw)
+            for k, v in self.proxy.headers.allowed_response_headers(raw)
             if k not in HANDSHAKE_HEADERS
         ]
 
