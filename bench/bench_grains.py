@@ -317,6 +317,52 @@ def throughput(
     return out
 
 
+# The steps of a cold open, in order: (name, where it ends). grainmgr logs one "start steps"
+# line per cold start with its own stamps (grains.STEP_NAMES); the bench adds the ends it sees.
+COLD_STEPS = (
+    ("frontend_to_grainmgr", "grainmgr's OpenSession begins (frontend: auth, routing, gRPC)"),
+    ("checks", "grainmgr read the grain and its package, ready to spawn"),
+    ("sandbox", "the fork server built the sandbox; bridge and app exec'd"),
+    ("app_start", "the app listens and the bridge said so (the app's own start is most of it)"),
+    ("record", "grainmgr marks the grain ready (its state write overlaps the next step)"),
+    ("session", "session opened on the bridge, relay ticket issued"),
+    ("to_first_byte", "OpenSession reply, relay handshake, request to the app, its first byte"),
+)
+
+
+def start_steps(stack: Stack, grain_id: str) -> dict[str, float]:
+    """grainmgr's last "start steps" line for this grain: at (monotonic s) and ms stamps."""
+    found = ""
+    log_file = stack.data_dir / "logs" / "grainmgr.log"
+    for line in log_file.read_text(errors="replace").splitlines():
+        if f"start steps {grain_id} " in line:
+            found = line
+    if not found:
+        raise RuntimeError("grainmgr logged no start steps for the cold open")
+    text = json.loads(found)["msg"] if found.startswith("{") else found
+    return {k: float(v) for k, v in (kv.split("=") for kv in text.split()[3:])}
+
+
+def cold_steps(sent: float, done: float, marks: dict[str, float]) -> dict[str, float]:
+    """Milliseconds per step of one cold open (`sent`/`done`: this process's monotonic clock,
+    the same clock as grainmgr's stamps on Linux)."""
+    at = marks["at"]
+    ends = [
+        (at - sent) * 1000,
+        marks["checked"],
+        marks["spawned"],
+        marks["listening"],
+        marks["ready"],
+        marks["session"],
+    ]
+    ends = [ends[0]] + [ends[0] + e for e in ends[1:]] + [(done - sent) * 1000]
+    steps, before = {}, 0.0
+    for (name, _), end in zip(COLD_STEPS, ends, strict=True):
+        steps[name] = end - before
+        before = end
+    return steps
+
+
 def cold_open(
     stack: Stack, api: Client, grain: str, hello_dir: Path, rounds: int
 ) -> dict[str, Any]:
@@ -324,16 +370,20 @@ def cold_open(
     front_port = int(stack.url.rsplit(":", 1)[1])
     headers = {"Host": api_url.split("/")[2], "Authorization": f"Bearer {token}"}
     first_byte(front_port, headers["Host"], "/", headers, time.perf_counter() + 60)
-    cold, bare = [], []
+    cold, bare, steps = [], [], []
     for i in range(rounds):
         stopped = api.api("POST", f"/grains/{grain}/stop")
         if stopped.status >= 300:
             raise RuntimeError(f"stop: {stopped.status} {stopped.text[:200]}")
         wait_state(api, grain, "stopped")
+        sent = time.perf_counter()  # CLOCK_MONOTONIC on Linux, as grainmgr's time.monotonic()
         cold.append(first_byte(front_port, headers["Host"], "/", headers, 0) * 1000)
+        time.sleep(0.2)  # the log line is written before the reply; let it reach the file
+        steps.append(cold_steps(sent, sent + cold[-1] / 1000, start_steps(stack, grain)))
         bare.append(bare_start_ms(hello_dir))
         say(f"cold open {i + 1}/{rounds}: {cold[-1]:.1f} ms, bare start {bare[-1]:.1f} ms")
     added = [c - b for c, b in zip(cold, bare, strict=True)]
+    app_vs_bare = [s["app_start"] - b for s, b in zip(steps, bare, strict=True)]
     return {
         "rounds": rounds,
         "cold_open_ms_p50": round(statistics.median(cold), 1),
@@ -342,6 +392,19 @@ def cold_open(
         "added_ms_each": [round(a, 1) for a in added],
         "ratio_cold_vs_bare": round(statistics.median(cold) / statistics.median(bare), 2),
         "goal_added_ms_p50_max": COLD_GOAL_MS,
+        # Where the time goes (medians per step; they need not add up to the cold p50).
+        "steps_ms_p50": {
+            name: round(statistics.median(s[name] for s in steps), 1) for name, _ in COLD_STEPS
+        },
+        "steps": {name: what for name, what in COLD_STEPS},
+        # The app's start inside the grain against its bare start in the same round: what
+        # the sandbox and the bridge starting next to it cost the app itself.
+        "app_start_minus_bare_ms_p50": round(statistics.median(app_vs_bare), 1),
+        # Every step but the app's start, per round: what the platform adds around it. On a
+        # busy machine far steadier than cold minus bare (two noisy figures).
+        "platform_ms_p50": round(
+            statistics.median(sum(v for k, v in s.items() if k != "app_start") for s in steps), 1
+        ),
     }
 
 

@@ -4,7 +4,8 @@ Owns: the app's process (start, reap, SIGTERM/SIGKILL at shutdown), the grain's 
 and prepared stream keys, and the byte streams spliced between grainmgr and the app.
 Trusts: grainmgr completely (fd 3 and fd 4 are its only channels in): its config in the
 `GRAINHOUSE_BRIDGE` environment variable, its calls on fd 3, its stream fds on fd 4.
-Never: imports anything but the standard library and pycapnp (it runs on Debian's
+Never: imports anything but the standard library, pycapnp and splice.py (the stdlib-only
+byte splice next to this file, loaded by path) (it runs on Debian's
 /usr/bin/python3 inside the sandbox, with only the pycapnp package mounted read-only next to
 it); parses HTTP (bytes are spliced unparsed); passes `GRAINHOUSE_*` variables to the app.
 
@@ -15,7 +16,8 @@ Channels (see proto/grain.capnp, section 5):
         `streamSocket` path of the schema: the launcher cannot mount a per-grain host directory
         at /run/grainhouse yet, and an fd handed over a private socket needs no listener and
         no path a grain could race for.
-Run as: /usr/bin/python3 -I -B <runtime>/bridge.py   (config in GRAINHOUSE_BRIDGE, JSON).
+Run as: /usr/bin/python3 -I -S -B <runtime>/bridge.py   (config in GRAINHOUSE_BRIDGE, JSON; the
+app usually already started by the sandbox next to us, its pid in GRAINHOUSE_CHILD_PID).
 """
 
 from __future__ import annotations
@@ -33,14 +35,20 @@ def spawn_app(config: dict[str, Any]) -> int:
     os.set_inheritable(CONTROL_FD, False)
     os.set_inheritable(STREAM_FD, False)
     os.chdir("/var")
+    argv = list(config["argv"])
+    # posix_spawn: no Python code runs between fork and exec in the child.
+    return os.posix_spawn(argv[0], argv, app_env(config), setsid=True)
+
+
+def app_env(config: dict[str, Any]) -> dict[str, str]:
+    """The manifest's env without `GRAINHOUSE_*`, plus PORT, HOME and PATH by default (the
+    same as grainmgr's grains.app_env, used when the sandbox starts the app: a test checks)."""
     env = {k: v for k, v in dict(config["env"]).items() if not k.startswith("GRAINHOUSE_")}
     if config.get("port") is not None:
         env["PORT"] = str(config["port"])
     env.setdefault("HOME", "/var")
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    argv = list(config["argv"])
-    # posix_spawn: no Python code runs between fork and exec in the child.
-    return os.posix_spawn(argv[0], argv, env, setsid=True)
+    return env
 
 
 # The app starts before the rest of the bridge is imported: asyncio and friends cost tens of
@@ -49,7 +57,11 @@ def spawn_app(config: dict[str, Any]) -> int:
 EARLY_PID = 0
 if __name__ == "__main__":
     try:
-        EARLY_PID = spawn_app(json.loads(os.environ.get("GRAINHOUSE_BRIDGE", "")))
+        # Earlier still: the sandbox's init started the app just before exec'ing us (launcher's
+        # SpawnSpec.child_argv) and says its pid here; it is our child, ours to reap.
+        EARLY_PID = int(os.environ.get("GRAINHOUSE_CHILD_PID", "0")) or spawn_app(
+            json.loads(os.environ.get("GRAINHOUSE_BRIDGE", ""))
+        )
     except (ValueError, KeyError, TypeError, OSError):
         EARLY_PID = 0
 
@@ -72,7 +84,7 @@ CHUNK = 64 * 1024
 # How often the app's port is tried while it starts: often at first (every ms of a cold open
 # counts, and a refused loopback connect costs microseconds), then gently.
 POLL_SECONDS = 0.02
-FAST_POLL_SECONDS = 0.002
+FAST_POLL_SECONDS = 0.001
 FAST_POLL_FOR_SECONDS = 2.0
 # A ping while the app starts is answered when it listens, or after this long (far inside
 # grainmgr's ping timeout).
@@ -202,11 +214,18 @@ class Grain:
             say(f"cannot reach the app for a stream: {exc.strerror}")
             outside.close()
             return
-        try:
-            await asyncio.gather(pump(outside, inside), pump(inside, outside))
-        finally:
+        except BaseException:  # cancelled (the session ended) while connecting
             outside.close()
-            inside.close()
+            raise
+        # Memory stays flat whatever the size (bounded write buffers, backpressure); EOF
+        # passes through as a half-close. TCP_QUICKACK after every read from the app: see
+        # splice.py (apps that write a response in pieces without TCP_NODELAY).
+        relay = splice.Splice(quickack_b=True)
+        try:
+            await relay.start(outside, inside)  # the splice owns (and closes) both sockets
+        except OSError:
+            return
+        await relay.wait()  # cancelled by close_session: both sockets dropped at once
 
     def close_session(self, session_id: str) -> None:
         session = self.sessions.pop(session_id, None)
@@ -234,29 +253,20 @@ class Grain:
         await self.done.wait()
 
 
-async def pump(src: socket.socket, dst: socket.socket) -> None:
-    """Copy bytes src -> dst through one fixed buffer: memory stays flat whatever the size."""
-    loop = asyncio.get_running_loop()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    # An app that writes a response in several small pieces without TCP_NODELAY (http.server
-    # does) waits for our ACK between them (Nagle); Linux delays that ACK up to 40 ms unless
-    # asked again after every read. Measured (stdlib test app, one keep-alive stream):
-    # 23 req/s without this, 1,200-1,800 req/s with it (and TCP_NODELAY in the relay).
-    quickack = src.family == socket.AF_INET
-    try:
-        while True:
-            n = await loop.sock_recv_into(src, buf)
-            if n == 0:
-                break
-            if quickack:
-                src.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            await loop.sock_sendall(dst, view[:n])
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+def load_splice() -> Any:
+    """splice.py (the Protocol pair grainmgr's relay uses too), from next to this file: in the
+    grain, `python3 -I` puts no directory of ours on sys.path, and Landlock would not let the
+    path finder list it anyway."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splice.py")
+    spec = importlib.util.spec_from_file_location("grainhouse_bridge_splice", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no splice.py at {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+splice = load_splice()
 
 
 def make_bridge_server(schema: Any, grain: Grain) -> Any:

@@ -99,6 +99,7 @@ class ForkServer:
         self.spare_count = 0
         self.spares: list[Spare] = []
         self.spare_serial = 0
+        self.clean_packages = admission.CleanPackages()
 
     # -- wire ---------------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class ForkServer:
         if spec.grain_id in self.grains:
             raise SandboxError("invalid", f"grain {spec.grain_id!r} is already running")
         if admit:
-            admission.check_spec(spec, self.allowed_roots)
+            admission.check_spec(spec, self.allowed_roots, self.clean_packages)
         uid = self._allocate_uid(spec.grain_id)
         if self.root_mode:
             self._own_storage(spec.var_dir, uid)
@@ -341,6 +342,8 @@ class ForkServer:
             seccomp_program=self.seccomp_program,
             landlock=self.landlock,
             var_read_only=over_quota,
+            child_argv=spec.child_argv,
+            child_env=spec.child_env,
         )
         if spare is not None:
             data, plan_fds = sandbox.plan_to_wire(plan)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -56,6 +57,17 @@ CRASHES_BEFORE_BACKOFF = 3
 PING_TIMEOUT_SECONDS = 10.0
 # How long opening a grain waits for an export that holds it still (docs/backup.md).
 EXPORT_WAIT_SECONDS = 30.0
+
+
+def app_env(config: dict[str, Any]) -> dict[str, str]:
+    """The app's environment, as bridge.spawn_app builds it (a unit test keeps them equal):
+    the manifest's env without `GRAINHOUSE_*`, plus PORT, and HOME and PATH by default."""
+    env = {k: v for k, v in dict(config["env"]).items() if not k.startswith("GRAINHOUSE_")}
+    if config.get("port") is not None:
+        env["PORT"] = str(config["port"])
+    env.setdefault("HOME", "/var")
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
 
 
 def new_grain_id() -> str:
@@ -101,9 +113,42 @@ class Running:
     pid: int = 0  # host pid of the grain's init (finds its cgroup freezer)
     frozen: bool = False  # held still by an export: housekeeping leaves it alone
     freezes: int = 0  # exports that froze it so far (a ping that spanned one proves nothing)
+    view_info: dict[str, Any] = field(default_factory=dict)  # of the package it runs
+    app_version: int = 0
+    # Monotonic stamps of the start's steps, until the first session logs them (START_STEPS).
+    steps: dict[str, float] | None = None
+    # The write of state=running (and the started event), which may still be in flight when
+    # the grain is ready; every later state write about this grain awaits it first.
+    recorded: asyncio.Future[None] | None = None
+    used_at: dt.datetime | None = None  # last_used_at as that write sets it
+    row: GrainRow | None = None  # as read at the start, under the grain's lock
+
+    async def settled(self) -> None:
+        """The start's own write is done (or failed: then a later write repairs the row)."""
+        if self.recorded is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.recorded)
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+
+# One line per cold start, read by bench/bench_grains.py: where a cold open's time goes.
+START_STEPS = "start steps"
+STEP_NAMES = (
+    ("checked", "records and checks before the spawn"),
+    ("spawned", "sandbox built, bridge and app exec'd"),
+    ("listening", "the app's own start, until the bridge sees it listen"),
+    ("ready", "marked ready (the state=running write overlaps the session step)"),
+    ("session", "session opened on the bridge, ticket issued"),
+)
+
+
+def steps_line(grain_id: str, steps: dict[str, float]) -> str:
+    """`start steps <grain> at=<monotonic s> checked=<ms> spawned=<ms> ...` (ms since `in`)."""
+    t0 = steps["in"]
+    parts = [f"{name}={(steps[name] - t0) * 1000:.1f}" for name, _ in STEP_NAMES if name in steps]
+    return f"{START_STEPS} {grain_id} at={t0:.4f} {' '.join(parts)}"
 
 
 @dataclass
@@ -138,6 +183,11 @@ class Grains:
         self.running: dict[str, Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._crashes: dict[str, list[float]] = {}
+        # A grain's app never changes: known, the start reads the grain and the app's
+        # current package at once.
+        self._app_ids: dict[str, str] = {}
+        # Installed packages never change (their id is their content's hash): read once.
+        self._installed: dict[str, Any] = {}
         # Grains being exported (no second export at once); set when the export ends.
         self.busy: dict[str, asyncio.Event] = {}
 
@@ -166,16 +216,22 @@ class Grains:
         row = await self.store.get_grain(grain_id)
         if row is None:
             raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
+        self._app_ids[grain_id] = row.app_id
         return row
 
-    async def _set_state(self, grain_id: str, state: str, event: str | None, **more: Any) -> None:
+    async def _set_state(
+        self, grain_id: str, state: str, event: str | None, owner: str | None = None, **more: Any
+    ) -> None:
         await self.store.update_grain(grain_id, state=state, **more)
         if event is not None:
-            await self.publish(grain_id, event, state, more.get("last_error", ""))
+            await self.publish(grain_id, event, state, more.get("last_error", ""), owner)
 
-    async def publish(self, grain_id: str, event: str, state: str, reason: str = "") -> None:
-        row = await self.store.get_grain(grain_id)
-        owner = row.owner_id if row else ""
+    async def publish(
+        self, grain_id: str, event: str, state: str, reason: str = "", owner: str | None = None
+    ) -> None:
+        if owner is None:
+            row = await self.store.get_grain(grain_id)
+            owner = row.owner_id if row else ""
         await self.bus.publish(
             f"grainhouse.grainmgr.grain.{event}",
             {
@@ -286,8 +342,15 @@ class Grains:
 
     # -- start --------------------------------------------------------------------------------
 
-    async def ensure_running(self, grain_id: str) -> Running:
+    async def ensure_running(
+        self, grain_id: str, started: float = 0.0, record_later: bool = False
+    ) -> Running:
         """Start the grain unless it runs; N concurrent callers start exactly one process.
+
+        The grain's row says "running" on return, unless `record_later`: then the write may
+        still be in flight (`Running.recorded`, which the caller must await) so that the
+        caller's own work overlaps it. `started` (monotonic) is when the caller's request
+        came in: the start's steps are logged relative to it.
 
         While an export holds the grain still (frozen, or stopped and kept from starting),
         callers wait up to EXPORT_WAIT_SECONDS for it to end, then get UNAVAILABLE."""
@@ -299,20 +362,36 @@ class Grains:
                     Kind.UNAVAILABLE, "the grain is being backed up; retry later"
                 ) from None
         running = self.running.get(grain_id)
-        if running is not None and running.ready and not running.stopping:
-            return running
-        async with self.lock(grain_id):
-            running = self.running.get(grain_id)
-            if running is not None and running.ready and not running.stopping:
-                return running
-            return await self._start(grain_id)
+        if running is None or not running.ready or running.stopping:
+            if not grain_id or len(grain_id) > 64:
+                await self.get(grain_id)  # raises the usual error before a lock is made
+            try:
+                async with self.lock(grain_id):
+                    running = self.running.get(grain_id)
+                    if running is None or not running.ready or running.stopping:
+                        running = await self._start(grain_id, started)
+            except GrainhouseError as exc:
+                if exc.kind == Kind.NOT_FOUND and grain_id not in self.running:
+                    self._locks.pop(grain_id, None)  # no lock kept per unknown id
+                raise
+        if not record_later and running.recorded is not None:
+            await asyncio.shield(running.recorded)
+        return running
 
-    async def _start(self, grain_id: str) -> Running:
+    async def _start(self, grain_id: str, started: float = 0.0) -> Running:
         with metrics.grains_starting.track_inprogress():  # down again however the start ends
-            return await self._start_tracked(grain_id)
+            return await self._start_tracked(grain_id, started or time.monotonic())
 
-    async def _start_tracked(self, grain_id: str) -> Running:
-        row = await self.get(grain_id)
+    async def _start_tracked(self, grain_id: str, started: float) -> Running:
+        steps = {"in": started}
+        app_id = self._app_ids.get(grain_id)
+        current: Any = None
+        if app_id is None:
+            row = await self.get(grain_id)
+        else:
+            row, current = await asyncio.gather(
+                self.get(grain_id), self.store.current_package(app_id)
+            )
         if row.trashed_at is not None:
             raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
         recent = [
@@ -329,8 +408,12 @@ class Grains:
             )
         if len(self.running) >= self.settings.max_running:
             raise GrainhouseError(Kind.OVERLOADED, "no capacity to start another grain")
-        package = await self._package_for_start(row)
-        installed = self.packages.installed(package.package_id)
+        package = await self._package_for_start(row, current)
+        installed = self._installed.get(package.package_id)
+        if installed is None:
+            installed = self._installed[package.package_id] = self.packages.installed(
+                package.package_id
+            )
         manifest = installed.manifest
         listen = manifest.listen
         config = {
@@ -343,11 +426,11 @@ class Grains:
             "schema": f"{RUNTIME_INSIDE['proto']}/{schema_path().name}",
             "capnp_package": self.settings.capnp_package,
         }
-        await self._set_state(grain_id, "starting", None, last_error="")
         ends = GrainEnds.make()
         spec = SpawnSpec(
             grain_id=grain_id,
-            argv=[self.settings.bridge_python, "-I", "-B", BRIDGE_PROGRAM],
+            # -S: no site import (the bridge needs nothing from site-packages).
+            argv=[self.settings.bridge_python, "-I", "-S", "-B", BRIDGE_PROGRAM],
             env={"GRAINHOUSE_BRIDGE": json.dumps(config), "LANG": "C.UTF-8"},
             package_dir=str(installed.files_dir),
             var_dir=str(self.var_dir(grain_id)),
@@ -357,21 +440,47 @@ class Grains:
                 memory_bytes=self.settings.memory_bytes,
                 var_quota_bytes=self.settings.var_quota_bytes,
             ),
+            # The sandbox starts the app itself, next to the bridge (which adopts it): the
+            # app's start no longer waits for the bridge interpreter's. A relative command
+            # (searched on PATH) is left to the bridge.
+            child_argv=config["argv"]
+            if config["argv"][:1] and config["argv"][0][:1] == "/"
+            else [],
+            child_env=app_env(config),
         )
-        t0 = time.monotonic()
+        # The "starting" write runs while the sandbox is built (it is awaited below, before
+        # anything else is written: writes to one grain's row stay in order).
+        starting = asyncio.ensure_future(self._set_state(grain_id, "starting", None, last_error=""))
+        t0 = steps["checked"] = time.monotonic()
         try:
             process = await self.launcher.spawn(spec)
+            steps["spawned"] = time.monotonic()
         except SandboxError as exc:
             ends.close()
+            with contextlib.suppress(Exception):  # its failure is not the news here
+                await starting
             metrics.grain_starts.labels(result="error").inc()
             metrics.spawn_failed(metrics.spawn_failure_reason(exc.kind, exc.message))
             await self._set_state(grain_id, "crashed", "crashed", last_error="sandbox failed")
             log.error("grain %s: sandbox failed: %s", grain_id, exc.message)
             raise GrainhouseError(Kind.UNAVAILABLE, "the grain could not be started") from exc
+        except BaseException:
+            ends.close()
+            with contextlib.suppress(Exception):
+                await starting
+            raise
         finally:
             ends.close_theirs()
         bridge = BridgeClient(ends)
-        running = Running(grain_id, package.package_id, bridge, pid=process.pid)
+        running = Running(
+            grain_id,
+            package.package_id,
+            bridge,
+            pid=process.pid,
+            view_info=config["view_info"],
+            app_version=package.version,
+            row=row,
+        )
         self.running[grain_id] = running
         metrics.grains_running.set(len(self.running))
         running.watcher = asyncio.create_task(self._watch(running))
@@ -380,6 +489,8 @@ class Grains:
             await asyncio.wait_for(
                 self._until_listening(bridge), self.settings.start_timeout_seconds
             )
+            steps["listening"] = time.monotonic()
+            await starting
         except (TimeoutError, GrainhouseError) as exc:
             reason = "start timeout" if isinstance(exc, TimeoutError) else "bridge failed"
             metrics.grain_starts.labels(result="timeout").inc()
@@ -389,19 +500,32 @@ class Grains:
             raise GrainhouseError(
                 Kind.UNAVAILABLE, f"the app did not start ({reason}); retry later"
             ) from exc
+        except BaseException:  # the "starting" write failed, or we were cancelled
+            running.failure = "start failed"
+            await self._kill(running, "start failed")
+            raise
         metrics.start_seconds.observe(time.monotonic() - t0)
         metrics.grain_starts.labels(result="ok").inc()
         moved = {}
         if row.package_id != package.package_id:
             moved = {"package_id": package.package_id, "app_version": package.version}
-        await self._set_state(grain_id, "running", "started", **moved)
+        # A start is a use: the first session's last_used_at rides on this write.
+        running.used_at = now()
+        running.recorded = asyncio.ensure_future(
+            self._set_state(
+                grain_id, "running", "started", row.owner_id, last_used_at=running.used_at, **moved
+            )
+        )
+        steps["ready"] = time.monotonic()
+        running.steps = steps
         running.ready = True
         running.touch()
         return running
 
-    async def _package_for_start(self, row: GrainRow) -> Any:
+    async def _package_for_start(self, row: GrainRow, current: Any = None) -> Any:
         """The app's current version (grains move up at start), else the grain's own."""
-        current = await self.store.current_package(row.app_id)
+        if current is None:
+            current = await self.store.current_package(row.app_id)
         if current is not None and (row.package_id is None or current.version >= row.app_version):
             return current
         if row.package_id is not None:
@@ -411,8 +535,10 @@ class Grains:
         raise GrainhouseError(Kind.CONFLICT, "the grain's app is not installed")
 
     async def _until_listening(self, bridge: BridgeClient) -> None:
+        # The bridge holds a ping until the app listens (or a quarter second): ask again at
+        # once, a sleep here would only add to a slow start.
         while not await bridge.ping():
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.001)
 
     async def _watch(self, running: Running) -> None:
         """Wait for the grain's end (or its bridge going away) and record what happened."""
@@ -459,6 +585,7 @@ class Grains:
         running.sessions.clear()
         self.keys.forget_grain(grain_id)
         running.bridge.close()
+        await running.settled()
         size = await asyncio.to_thread(du, self.var_dir(grain_id))
         row = await self.store.get_grain(grain_id)
         if row is None:
@@ -499,6 +626,7 @@ class Grains:
                 await self.store.update_grain(grain_id, state="stopped")
             return
         running.stopping = True
+        await running.settled()
         await self.store.update_grain(grain_id, state="stopping")
         for task in list(running.streams):
             task.cancel()
@@ -517,7 +645,7 @@ class Grains:
         async with self.lock(grain_id):
             await self._stop_locked(grain_id)
             self._crashes.pop(grain_id, None)
-            await self._start(grain_id)
+            await (await self._start(grain_id)).settled()
         return await self.get(grain_id)
 
     # -- trash and delete ---------------------------------------------------------------------
@@ -554,6 +682,7 @@ class Grains:
             await asyncio.to_thread(shutil.rmtree, self.grain_dir(grain_id), True)
         self._locks.pop(grain_id, None)
         self._crashes.pop(grain_id, None)
+        self._app_ids.pop(grain_id, None)
         if self.auth is not None:
             await self.auth.forget(grain_id)
         await self.bus.publish(
@@ -570,20 +699,53 @@ class Grains:
     # -- sessions and streams -----------------------------------------------------------------
 
     async def open_session(self, grain_id: str, params: dict[str, Any]) -> OpenedSession:
-        row = await self.get(grain_id)
-        if row.trashed_at is not None:
-            raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
-        running = await self.ensure_running(grain_id)
+        started = time.monotonic()
+        row: GrainRow | None = None
+        running = self.running.get(grain_id)
+        if running is not None and running.ready and not running.stopping:
+            row = await self.get(grain_id)
+            if row.trashed_at is not None:
+                raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
+        running = await self.ensure_running(grain_id, started, record_later=True)
+        if row is None:
+            # Not running a moment ago: the start read the row (and refused a trashed grain)
+            # under the grain's lock; no second read on the way to the first byte.
+            row = running.row or await self.get(grain_id)
         session_id = new_session_id()
         params = {**params, "sessionId": session_id}
-        handle = await running.bridge.new_session(params)
+        steps, running.steps = running.steps, None  # set until a cold start's first session
+        # The bridge call and the row's write (a cold start's state=running) overlap; the
+        # reply's row is the one read above with what this call and the start changed (no
+        # second read on the way to the first byte).
+        handle, used = await asyncio.gather(
+            running.bridge.new_session(params),
+            self._touch_row(running, first=steps is not None),
+        )
         running.sessions[session_id] = Session(session_id, grain_id, handle)
         running.touch()
-        await self.store.update_grain(grain_id, last_used_at=now())
         ticket = self.keys.issue(grain_id, session_id)
-        package = await self.store.get_package(running.package_id)
-        info = view_info(package.manifest) if package else {"permissions": [], "roles": []}
-        return OpenedSession(session_id, ticket, await self.get(grain_id), info)
+        row = dataclasses.replace(
+            row,
+            state="running",
+            last_used_at=used,
+            last_error="",
+            package_id=running.package_id,
+            app_version=running.app_version or row.app_version,
+        )
+        if steps is not None:  # the first session of a cold start says where it went
+            steps["session"] = time.monotonic()
+            log.info("%s", steps_line(grain_id, steps))
+        return OpenedSession(session_id, ticket, row, running.view_info)
+
+    async def _touch_row(self, running: Running, *, first: bool) -> dt.datetime:
+        """Record a use of the grain; returns the last_used_at written."""
+        if running.recorded is not None:
+            await asyncio.shield(running.recorded)  # in order: one row, one writer at a time
+        if first and running.used_at is not None:
+            return running.used_at  # the start's own write set it
+        used = now()
+        await self.store.update_grain(running.grain_id, last_used_at=used)
+        return used
 
     def open_stream_key(self, grain_id: str, session_id: str) -> Ticket:
         running = self.running.get(grain_id)

@@ -7,14 +7,15 @@ grain's first program); and the host skeleton they mount (`Layout`, built once a
 Trusts: the `Plan` built by the fork server from an admitted spawn request (paths checked by
 `admission`); the seccomp program compiled by `seccomp_policy` at grainmgr start.
 Never: returns to the caller on error (each process reports on the report pipe and exits);
-runs Python code after the seccomp filter is loaded, except `execve`; leaves a capability,
-an inherited fd or a host environment variable to the grain.
+runs Python code after the seccomp filter is loaded, except `posix_spawn` of the child and
+`execve`; leaves a capability, an inherited fd or a host environment variable to the grain.
 
 Wire between the fork server and a grain's processes (the report pipe, newline-framed):
   "P<pid>" the init exists (its host pid; a spare says this on its socket instead)
   "U"      the init has its plan; the server writes uid_map / gid_map and answers "G" on go
   "E<msg>" a step failed (the message names it); the process exits 127
-  EOF      the init exec'd (the pipe is close-on-exec) and the outer process closed its copy
+  EOF      the init exec'd (the pipe is close-on-exec), after starting its child if the plan
+           has one (SpawnSpec.child_argv), and the outer process closed its copy
 A spare also says "R" on its socket once its init has done every step that does not
 depend on the grain (`_premount`); then it receives the plan there (JSON + SCM_RIGHTS).
 """
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from grainhouse_grainmgr import syscalls as sc
+from grainhouse_grainmgr.spec import CHILD_PID_ENV
 
 GRAIN_TMP = "/tmp"  # noqa: S108  (a path inside the grain's root: its own private tmpfs)
 GRAIN_SHM = "/dev/shm"  # noqa: S108  (same: the grain's own small tmpfs)
@@ -234,6 +236,8 @@ class Plan:
     var_read_only: bool = False
     cgroup_procs: list[str] = field(default_factory=list)  # direct path: joined by the outer
     seccomp_program: bytes | None = None
+    child_argv: list[str] = field(default_factory=list)  # see SpawnSpec.child_argv
+    child_env: dict[str, str] = field(default_factory=dict)
 
 
 class StepError(Exception):
@@ -244,7 +248,8 @@ class StepError(Exception):
 # log_fd, report_fd, go_fd, *grant_fds. The seccomp program was inherited at fork.
 PLAN_WIRE_FIELDS = (
     "argv", "env", "package_dir", "var_dir", "root_mode", "nofile", "tmp_bytes", "shm_bytes",
-    "fsize_bytes", "address_space_bytes", "nproc", "landlock", "var_read_only",
+    "fsize_bytes", "address_space_bytes", "nproc", "landlock", "var_read_only", "child_argv",
+    "child_env",
 )  # fmt: skip
 
 
@@ -593,11 +598,42 @@ def _finish(layout: Layout, plan: Plan) -> None:
     with _step("load the seccomp filter"):
         if install is not None and plan.seccomp_program is not None:
             install(plan.seccomp_program)
+    env = plan.env
+    child = _start_child(plan) if plan.child_argv else 0
+    if child:
+        env = {**env, CHILD_PID_ENV: str(child)}
     try:
         # Replaces this process, which is what a launcher is for.
-        os.execve(plan.argv[0], plan.argv, plan.env)  # noqa: S606
+        os.execve(plan.argv[0], plan.argv, env)  # noqa: S606
     except OSError as exc:
         raise StepError(f"exec {plan.argv[0]} in the sandbox: {exc.strerror}") from exc
+
+
+def _start_child(plan: Plan) -> int:
+    """posix_spawn the grain's second program; its pid inside the grain, or 0 if that failed.
+
+    It inherits every restriction, the seccomp filter included (posix_spawn is one call into
+    libc: no Python runs in the child), in its own session, cwd /var, with fds 0-2 only (the
+    report pipe is close-on-exec: the fork server's EOF then means both programs exec'd). If
+    it cannot start, the first program is told nothing and, if it is the bridge, starts the
+    app itself and reports the failure as it always did (one line here in the grain's log).
+    """
+    try:
+        os.chdir("/var")
+        try:
+            return os.posix_spawn(
+                plan.child_argv[0],
+                plan.child_argv,
+                plan.child_env,
+                file_actions=[(os.POSIX_SPAWN_CLOSE, 3 + i) for i in range(len(plan.grant_fds))],
+                setsid=True,
+            )
+        finally:
+            os.chdir("/")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"[sandbox] cannot start {plan.child_argv[0]}: {exc.strerror}\n".encode())
+        return 0
 
 
 def _locked_flags(path: str) -> int:

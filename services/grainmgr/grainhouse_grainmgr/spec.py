@@ -17,6 +17,8 @@ from typing import Any
 GRAIN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 MiB = 1024 * 1024
+# Set in the first program's environment when a child was started (see SpawnSpec.child_argv).
+CHILD_PID_ENV = "GRAINHOUSE_CHILD_PID"
 
 
 class SandboxError(Exception):
@@ -72,6 +74,14 @@ class SpawnSpec:
     log_path: str  # host path of the grain's stdout/stderr log (size-capped, rotated)
     pass_fds: tuple[int, ...] = ()  # caller's fds that become 3, 4, ... inside
     limits: Limits = field(default_factory=Limits)
+    # Optional second program (the grain's app), started by the init with posix_spawn just
+    # before the init execs `argv`, in the same sandbox with every restriction applied (the
+    # seccomp filter included: it is loaded first). It runs in its own session with cwd
+    # /var, fds 0-2 only and exactly `child_env`; the first program finds its pid (inside
+    # the grain) in CHILD_PID_ENV and must reap it. Why: the app's start then does not wait
+    # for the first program's own start (the bridge's interpreter, ~20 ms idle).
+    child_argv: list[str] = field(default_factory=list)  # [] = no child
+    child_env: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         """Shape checks only; path policy lives in `admission`."""
@@ -85,11 +95,20 @@ class SpawnSpec:
             raise SandboxError("invalid", "argv must be a non-empty list of strings without NUL")
         if not self.argv[0].startswith("/"):
             raise SandboxError("invalid", f"argv[0] must be an absolute path: {self.argv[0]!r}")
-        if not isinstance(self.env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
-            for k, v in self.env.items()
-        ):
+        if not _is_env(self.env):
             raise SandboxError("invalid", "env must map names (no '=' or NUL) to strings")
+        if not isinstance(self.child_argv, list) or not all(
+            isinstance(a, str) and "\0" not in a for a in self.child_argv
+        ):
+            raise SandboxError("invalid", "child_argv must be a list of strings without NUL")
+        if self.child_argv and not self.child_argv[0].startswith("/"):
+            raise SandboxError(
+                "invalid", f"child_argv[0] must be an absolute path: {self.child_argv[0]!r}"
+            )
+        if not _is_env(self.child_env):
+            raise SandboxError("invalid", "child_env must map names (no '=' or NUL) to strings")
+        if CHILD_PID_ENV in self.env:
+            raise SandboxError("invalid", f"env must not set {CHILD_PID_ENV} (the launcher does)")
         for name in ("package_dir", "var_dir", "log_path"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
@@ -120,11 +139,20 @@ class SpawnSpec:
                 var_dir=wire["var_dir"],
                 log_path=wire["log_path"],
                 limits=limits,
+                child_argv=list(wire.get("child_argv", [])),
+                child_env=dict(wire.get("child_env", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SandboxError("invalid", f"malformed spawn request: {exc}") from exc
         spec.check()
         return spec
+
+
+def _is_env(env: object) -> bool:
+    return isinstance(env, dict) and all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+        for k, v in env.items()
+    )
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ import os
 import socket
 import struct
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Platform, create, get, open_session, read_head, relay_connect, request_bytes
 
@@ -76,6 +78,65 @@ def test_websocket_messages_both_ways(platform: Platform) -> None:
             ws_send(sock, f"message {i}".encode())
             assert ws_recv(f) == f"echo:message {i}".encode()
         f.close()
+
+
+def test_half_close_passes_through_both_relays(platform: Platform) -> None:
+    """The client's EOF (after its request) reaches the app through grainmgr's relay and the
+    bridge; the app answers, sees the EOF, closes: the client gets the answer, then EOF."""
+    grain = create(platform, platform.probe)
+    session = open_session(platform.stub, grain.grain_id)
+    with relay_connect(session.stream) as sock:
+        sock.sendall(request_bytes("GET", "/whoami", session))
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    assert len(body) == length  # the whole answer, then EOF (recv returned b"")
+
+
+def relayed_bytes(platform: Platform) -> dict[str, float]:
+    assert platform.metrics_url, "the stack reports no metrics address for grainmgr"
+    with urllib.request.urlopen(platform.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    return {
+        s.labels["direction"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "grainhouse_grainmgr_relay_bytes_total"
+    }
+
+
+def test_relayed_bytes_are_counted_while_the_stream_stays_open(platform: Platform) -> None:
+    """The relay sums bytes per stream and adds them to the counter in batches: a pooled
+    keep-alive stream that never closes must still show up (within a poll, here)."""
+    grain = create(platform, platform.probe)
+    get(platform, grain.grain_id, "/whoami")  # started
+    session = open_session(platform.stub, grain.grain_id)
+    before = relayed_bytes(platform)
+    with relay_connect(session.stream) as sock:
+        raw = request_bytes("POST", "/upload", session, body_len=MIB) + b"u" * MIB
+        sock.sendall(raw)
+        with sock.makefile("rb") as f:
+            status, headers = read_head(f)
+            answer = f.read(int(headers["content-length"]))
+        assert status == 200 and b'"bytes": 1048576' in answer
+        deadline = time.monotonic() + 30
+        while True:  # the stream is still open: only the periodic batch can count it
+            now = relayed_bytes(platform)
+            grown_in = now.get("in", 0) - before.get("in", 0)
+            grown_out = now.get("out", 0) - before.get("out", 0)
+            if (grown_in >= len(raw) and grown_out > len(answer)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert grown_in >= len(raw), (grown_in, len(raw))
+        assert grown_out > len(answer), (grown_out, len(answer))
 
 
 def test_one_gib_each_way_with_flat_memory(platform: Platform) -> None:

@@ -49,27 +49,49 @@ def test_stream_limit_is_enforced(monkeypatch: Any) -> None:
         grain.prepare("s1", b"c" * 32)
 
 
-async def test_pump_copies_everything_and_half_closes() -> None:
-    left_out, left_in = socket.socketpair()
-    right_in, right_out = socket.socketpair()
-    for s in (left_in, right_in):
-        s.setblocking(False)
-    data = bytes(range(256)) * 4096  # 1 MiB
-    task = asyncio.create_task(bridge.pump(left_in, right_in))
+async def test_streams_reach_the_app_half_close_and_end_with_their_session() -> None:
+    """A stream handed in on fd 4 is spliced to the app's TCP port (bridge.splice); EOF
+    passes through both ways; closing the session drops its live streams at once."""
     loop = asyncio.get_running_loop()
-    right_out.setblocking(False)
 
-    async def read_all() -> bytes:
-        got = bytearray()
-        while chunk := await loop.sock_recv(right_out, 65536):
-            got += chunk
-        return bytes(got)
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()  # until our EOF arrives
+        writer.write(b"got " + str(len(data)).encode())
+        writer.write_eof()
+        writer.close()
 
-    reader = asyncio.create_task(read_all())
-    await loop.run_in_executor(None, left_out.sendall, data)
-    left_out.shutdown(socket.SHUT_WR)
-    got = await asyncio.wait_for(reader, 60)
-    await task
-    assert bytes(got) == data
-    for s in (left_out, left_in, right_in, right_out):
+    server = await asyncio.start_server(app, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    grain = _grain()
+    grain.app.port = port
+    outs = []
+    for key in (b"a" * 32, b"b" * 32):
+        grain.prepare("s1", key)
+        ours, out = socket.socketpair()
+        out.setblocking(False)
+        grain.accept(key, ours)
+        outs.append(out)
+    first, second = outs
+    body = bytes(range(256)) * 4096  # 1 MiB
+    await loop.sock_sendall(first, body)
+    first.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    while chunk := await asyncio.wait_for(loop.sock_recv(first, 65536), 30):
+        got += chunk
+    assert bytes(got) == b"got %d" % len(body)  # the app saw our EOF and answered, then EOF
+    for _ in range(100):  # both sides sent EOF: that stream is over, the other one lives
+        if len(grain.streams) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len(grain.streams) == 1
+    grain.close_session("s1")  # the second stream never sent EOF: the app still waits
+    assert await asyncio.wait_for(loop.sock_recv(second, 10), 10) == b""
+    for _ in range(100):
+        if not grain.streams:
+            break
+        await asyncio.sleep(0.01)
+    assert not grain.streams
+    for s in outs:
         s.close()
+    server.close()
+    await server.wait_closed()
