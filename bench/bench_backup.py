@@ -12,7 +12,13 @@ Runs a whole platform (`grainhouse up`) in a temporary directory, fills one grai
 Throughput is grain bytes / seconds. Restore and unzip alternate `--rounds` times (each
 restore's grain deleted again) and the medians are compared: on a shared machine the load
 changes from minute to minute, and one unzip measured minutes before one restore says more
-about the neighbours than about us. Prints one JSON object on stdout. Needs `zip`, `unzip`.
+about the neighbours than about us. Each restore also reports the CPU seconds each stage spent
+(`restore_cpu_s`: the backup service, its validator children, grainmgr; medians over the rounds;
+`restore_sys_s`: the part spent in the kernel) next to unzip's own, so a slow round can be told
+apart from a busy machine (`load_1m`). On ext4 without a journal, creating a file costs far
+more when many inodes near it were deleted in the last minutes (the kernel skips them one by
+one): restore and unzip both pay it, and the system seconds show how much.
+Prints one JSON object on stdout. Needs `zip`, `unzip`.
 Usage: python bench/bench_backup.py [--mib 1024] [--files 10000] [--rounds 3]
 """
 
@@ -85,10 +91,24 @@ def wait(backup: backup_pb2_grpc.BackupStub, task_id: str) -> bpb.BackupTask:
         time.sleep(0.05)
 
 
-def timed(argv: list[str], cwd: Path) -> float:
+def timed(argv: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and system seconds of one command."""
     t = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{argv[0]} failed")
+    return time.perf_counter() - t, usage.ru_utime + usage.ru_stime, usage.ru_stime
+
+
+def cpu(pid: int) -> tuple[float, float, float, float]:
+    """A process's own CPU and system seconds, then those of the children it reaped."""
+    fields = [
+        int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]
+    ]
+    utime, stime, cutime, cstime = (f / os.sysconf("SC_CLK_TCK") for f in fields)
+    return utime + stime, stime, cutime + cstime, cstime
 
 
 def main() -> int:
@@ -137,7 +157,7 @@ def main() -> int:
         # Baseline first, then ours, on the same data (the page cache is warm for both).
         work = root / "baseline"
         work.mkdir()
-        zip_s = timed(["zip", "-r", "-q", str(work / "b.zip"), "."], var)
+        zip_s, _, _ = timed(["zip", "-r", "-q", str(work / "b.zip"), "."], var)
         zip_size = (work / "b.zip").stat().st_size
 
         t = time.perf_counter()
@@ -148,12 +168,21 @@ def main() -> int:
         backup_s = time.perf_counter() - t
         info = backup.ListBackups(bpb.ListBackupsRequest(owner_account_id=OWNER)).backups[0]
 
-        unzips, restores = [], []
+        pids = {name: services[name]["pid"] for name in ("backup", "grainmgr")}
+        unzips, restores, loads = [], [], []
+        stages: dict[str, list[float]] = {"backup": [], "validator": [], "grainmgr": []}
+        kernel: dict[str, list[float]] = {"backup": [], "validator": [], "grainmgr": []}
+        unzip_cpu, unzip_sys = [], []
         for _ in range(max(1, args.rounds)):
             (work / "out").mkdir()
             unzip = ["unzip", "-q", str(work / "b.zip"), "-d", str(work / "out")]
-            unzips.append(timed(unzip, work))
+            wall, used, sys_s = timed(unzip, work)
+            unzips.append(wall)
+            unzip_cpu.append(used)
+            unzip_sys.append(sys_s)
             shutil.rmtree(work / "out")
+            loads.append(os.getloadavg()[0])
+            before = {name: cpu(pid) for name, pid in pids.items()}
             t = time.perf_counter()
             restore = backup.RestoreBackup(
                 iter(
@@ -168,6 +197,14 @@ def main() -> int:
             )
             restored = wait(backup, restore.task_id)
             restores.append(time.perf_counter() - t)
+            after = {name: cpu(pid) for name, pid in pids.items()}
+            for name, pid_name, at in (
+                ("backup", "backup", 0),
+                ("validator", "backup", 2),
+                ("grainmgr", "grainmgr", 0),
+            ):
+                stages[name].append(after[pid_name][at] - before[pid_name][at])
+                kernel[name].append(after[pid_name][at + 1] - before[pid_name][at + 1])
             grainmgr.DeleteGrain(
                 gpb.DeleteGrainRequest(grain_id=restored.grain_id, skip_trash=True), timeout=120
             )
@@ -187,6 +224,13 @@ def main() -> int:
             "restore_vs_unzip_each": [
                 round(u / r, 3) for u, r in zip(unzips, restores, strict=True)
             ],
+            "restore_s_each": [round(r, 2) for r in restores],
+            "unzip_s_each": [round(u, 2) for u in unzips],
+            "restore_cpu_s": {k: round(statistics.median(v), 2) for k, v in stages.items()},
+            "restore_sys_s": {k: round(statistics.median(v), 2) for k, v in kernel.items()},
+            "unzip_cpu_s": round(statistics.median(unzip_cpu), 2),
+            "unzip_sys_s": round(statistics.median(unzip_sys), 2),
+            "load_1m": [round(x, 2) for x in loads],
             "archive_bytes": info.size_bytes,
             "zip_bytes": zip_size,
             "goal": ">= 0.9 x each",

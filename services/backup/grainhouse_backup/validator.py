@@ -200,7 +200,8 @@ class Sink(Protocol):
 
     def metadata(self, raw: bytes) -> None: ...
 
-    def data(self, chunk: bytes) -> None: ...
+    def data(self, chunk: bytes | memoryview) -> None:
+        """One piece of content; a view is only valid during the call (copy to keep it)."""
 
 
 def check_archive(fileobj: IO[bytes], limits: Limits, sink: Sink | None = None) -> Verdict:
@@ -321,6 +322,7 @@ def _check(fileobj: IO[bytes], limits: Limits, sink: Sink | None) -> Verdict:
         del raw_meta
 
     total = 0
+    buf = memoryview(bytearray(archive.CHUNK))  # what every entry is read into (see _stream)
     for path, record in listed.items():
         kind, info = present[path]
         name = info.filename
@@ -338,7 +340,7 @@ def _check(fileobj: IO[bytes], limits: Limits, sink: Sink | None) -> Verdict:
         if info.file_size != record.size:
             raise Refusal(CHECKSUM_MISMATCH, "an entry's size disagrees with the list", shown(name))
         digest = hashlib.sha256()
-        for chunk in _stream(fileobj, info, name):
+        for chunk in _stream(fileobj, info, name, buf):
             total += len(chunk)
             if total > limits.max_total_bytes:
                 raise Refusal(SIZE_BOMB, "the archive expands past the limit", shown(name))
@@ -352,9 +354,15 @@ def _check(fileobj: IO[bytes], limits: Limits, sink: Sink | None) -> Verdict:
     return Verdict(True, file_count=len(listed), total_bytes=total)
 
 
-def _stream(src: IO[bytes], info: zipfile.ZipInfo, path: str) -> Iterable[bytes]:
+def _stream(
+    src: IO[bytes], info: zipfile.ZipInfo, path: str, buf: memoryview | None = None
+) -> Iterable[bytes | memoryview]:
     """An entry's content, decompressed here (not by zipfile) so that an entry producing more
-    than it declared is caught as it happens, memory stays bounded and the CRC is checked."""
+    than it declared is caught as it happens, memory stays bounded and the CRC is checked.
+
+    The archive is read into `buf` (at least CHUNK bytes; one per archive, not one per chunk:
+    fresh memory is what copies cost most here). What is yielded may be a view of it, valid
+    until the next item is asked for."""
     src.seek(info.header_offset)
     local = src.read(_LOCAL_HEADER)
     if len(local) != _LOCAL_HEADER or local[:4] != b"PK\x03\x04":
@@ -365,11 +373,14 @@ def _stream(src: IO[bytes], info: zipfile.ZipInfo, path: str) -> Iterable[bytes]
     deflate = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
     crc = 0
     got = 0
+    if buf is None:
+        buf = memoryview(bytearray(min(left, archive.CHUNK)))
     while left > 0:
-        raw = src.read(min(left, archive.CHUNK))
-        if not raw:
+        n = src.readinto(buf[: min(left, archive.CHUNK)])  # type: ignore[attr-defined]
+        if not n:
             raise Refusal(TRUNCATED_OR_CORRUPT, "an entry is cut short", shown(path))
-        left -= len(raw)
+        left -= n
+        raw: bytes | memoryview = buf[:n]
         while raw:
             if deflate is None:
                 out, raw = raw, b""
@@ -396,7 +407,7 @@ def _stream(src: IO[bytes], info: zipfile.ZipInfo, path: str) -> Iterable[bytes]
 def _read_all(src: IO[bytes], info: zipfile.ZipInfo, cap: int, path: str) -> bytes:
     if info.file_size > cap:
         raise Refusal(SYMLINK, "a symlink target is too long", shown(path))
-    return b"".join(_stream(src, info, path))
+    return b"".join(bytes(chunk) for chunk in _stream(src, info, path))
 
 
 # ---- confinement ----------------------------------------------------------------------------
@@ -471,30 +482,84 @@ async def validate_file(path: str, limits: Limits, empty_dir: str, timeout: floa
 
 FRAME = struct.Struct(">cI")  # kind, payload length
 METADATA_FRAME, DATA_FRAME, VERDICT_FRAME = b"M", b"D", b"V"
-PIPE_BUFFER = 4 * archive.CHUNK
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux)
 PIPE_SIZE = 1024 * 1024  # the default /proc/sys/fs/pipe-max-size
+# The largest metadata and verdict frames the parent reads (data frames: what the file lacks).
+_MOST = {METADATA_FRAME: archive.MAX_METADATA_BYTES, VERDICT_FRAME: 1024 * 1024}
 
 
 class FrameSink:
-    """The validator's side of stream mode: frames on a binary stdout."""
+    """The validator's side of stream mode: frames written straight to a (blocking) pipe fd,
+    header and payload in one writev: no copy into a userspace buffer on the way."""
 
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
-    def _frame(self, kind: bytes, payload: bytes) -> None:
-        self.out.write(FRAME.pack(kind, len(payload)))
-        self.out.write(payload)
+    def _frame(self, kind: bytes, payload: bytes | memoryview) -> None:
+        size = len(payload)
+        done = os.writev(self.fd, [FRAME.pack(kind, size), payload])
+        while done < FRAME.size + size:  # a signal cut the write short: finish it
+            if done < FRAME.size:
+                done += os.write(self.fd, FRAME.pack(kind, size)[done:])
+            else:
+                done += os.write(self.fd, memoryview(payload)[done - FRAME.size :])
 
     def metadata(self, raw: bytes) -> None:
         self._frame(METADATA_FRAME, raw)
 
-    def data(self, chunk: bytes) -> None:
+    def data(self, chunk: bytes | memoryview) -> None:
         self._frame(DATA_FRAME, chunk)
 
     def verdict(self, doc: dict[str, Any]) -> None:
         self._frame(VERDICT_FRAME, json.dumps(doc).encode())
-        self.out.flush()
+
+
+class PipeReader:
+    """Exact-size reads from a pipe on the running event loop, each payload in one copy.
+
+    asyncio's StreamReader copies every byte three times (the transport's read, its buffer,
+    the slice handed out); here a payload that is already in the pipe is one os.read, and
+    the loop is only asked to wait (add_reader) when the pipe is empty.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self.fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+
+    async def read_exactly(self, size: int) -> bytes:
+        """`size` bytes; EOFError if the writer closed before (a dead validator)."""
+        parts: list[bytes] = []
+        left = size
+        while left > 0:
+            try:
+                got = os.read(self.fd, min(left, PIPE_SIZE))
+            except BlockingIOError:
+                await self._readable()
+                continue
+            if not got:
+                raise EOFError
+            parts.append(got)
+            left -= len(got)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Checked:
@@ -506,29 +571,41 @@ class Checked:
     place) is a refusal, never an acceptance.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, frames: PipeReader) -> None:
         self.proc = proc
+        self.frames = frames
         self.refusal: Verdict | None = None
 
     @classmethod
     async def start(cls, path: str, limits: Limits, empty_dir: str) -> Checked:
-        with open(path, "rb") as source:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-m", "grainhouse_backup.validator", "--stream",
-                "--limits", json.dumps(asdict(limits)), "--empty-dir", empty_dir,
-                stdin=source, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL, limit=PIPE_BUFFER,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
-            )  # fmt: skip
-        return cls(proc)
-
-    async def _frame(self) -> tuple[bytes, bytes]:
-        assert self.proc.stdout is not None
+        # Our own pipe (both ends close-on-exec here; the child gets the write end as fd 1).
+        read_end, write_end = os.pipe()
         try:
-            head = await self.proc.stdout.readexactly(FRAME.size)
-            kind, size = FRAME.unpack(head)
-            return kind, await self.proc.stdout.readexactly(size)
-        except (asyncio.IncompleteReadError, struct.error):
+            with contextlib.suppress(OSError):  # fewer, larger hand-overs
+                fcntl.fcntl(read_end, F_SETPIPE_SZ, PIPE_SIZE)
+            with open(path, "rb") as source:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-I", "-m", "grainhouse_backup.validator", "--stream",
+                    "--limits", json.dumps(asdict(limits)), "--empty-dir", empty_dir,
+                    stdin=source, stdout=write_end, stderr=asyncio.subprocess.DEVNULL,
+                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/",
+                )  # fmt: skip
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # else the pipe never ends when the child does
+        return cls(proc, PipeReader(read_end))
+
+    async def _frame(self, most: int = 0) -> tuple[bytes, bytes]:
+        """The next frame; a data frame may carry at most `most` bytes. A frame larger than
+        its kind allows is never read into memory: it comes back as an unknown kind."""
+        try:
+            kind, size = FRAME.unpack(await self.frames.read_exactly(FRAME.size))
+            if size > (most if kind == DATA_FRAME else _MOST.get(kind, 0)):
+                return b"?", b""
+            return kind, await self.frames.read_exactly(size)
+        except (EOFError, struct.error):
             await self.proc.wait()
             log.warning("validator died (exit %s)", self.proc.returncode)
             return VERDICT_FRAME, b""
@@ -553,7 +630,8 @@ class Checked:
 
     async def data(self, most: int) -> bytes | Verdict:
         """The next piece (at most `most` bytes) of the current file, or the refusal."""
-        kind, payload = await self._frame()
+        most = min(most, archive.CHUNK)  # the validator never sends more in one frame
+        kind, payload = await self._frame(most)
         if kind == DATA_FRAME and 0 < len(payload) <= most:
             return payload
         return self._refused(payload if kind == VERDICT_FRAME else b"")
@@ -574,6 +652,7 @@ class Checked:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
+        self.frames.close()
         await self.proc.wait()
 
 
@@ -591,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stream:
         with contextlib.suppress(OSError):  # fewer, larger hand-overs to the parent
             fcntl.fcntl(1, F_SETPIPE_SZ, PIPE_SIZE)
-        sink = FrameSink(os.fdopen(1, "wb", buffering=PIPE_BUFFER))
+        sink = FrameSink(1)
     try:
         verdict = check_archive(source, limits, sink)
     except MemoryError:

@@ -374,9 +374,16 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
     async def _import(self, stream: AsyncIterator[Any], options: Any, staging: Any) -> pb.Grain:
         async def parts() -> AsyncIterator[Any]:
             async for message in stream:
-                if message.WhichOneof("part") != "archive":
+                which = message.WhichOneof("part")
+                if which == "archive_parts":  # several parts grouped (GrainArchiveParts)
+                    if not message.archive_parts.parts:
+                        raise snapshots.invalid("an empty group of parts")
+                    for part in message.archive_parts.parts:
+                        yield part
+                elif which == "archive":
+                    yield message.archive
+                else:
                     raise GrainhouseError(Kind.INVALID, "options may be sent only once")
-                yield message.archive
 
         it = aiter(parts())
         try:

@@ -21,7 +21,9 @@ import os
 import posixpath
 import stat
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,15 @@ MAX_DATA_PART = 1024 * 1024
 MAX_PATH_BYTES = 4096
 MAX_ENTRIES = 1_000_000
 REGULAR, DIRECTORY, SYMLINK = 1, 2, 3
+# Import: files up to this size are written whole by IMPORT_WRITERS threads, in parallel with
+# the checks and with each other (creating a file is kernel time, which runs without the GIL:
+# measured 250 us per file on ext4 here, more than writing 100 KiB into it); larger ones are
+# written as their data comes. At most IMPORT_IN_FLIGHT_BYTES wait for a writer.
+IMPORT_SMALL_FILE_BYTES = MAX_DATA_PART
+IMPORT_WRITERS = 2
+IMPORT_IN_FLIGHT_BYTES = 16 * 1024 * 1024
+IMPORT_IN_FLIGHT_FILES = 1024
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -140,9 +151,55 @@ def check_path(path: str) -> None:
         raise invalid(f"path {path[:100]!r} is not a clean relative path")
 
 
+def _write_all(fd: int, chunk: bytes) -> None:
+    written = os.write(fd, chunk)
+    if written < len(chunk):  # rare on a regular file (a signal, a full disk): go on
+        view = memoryview(chunk)
+        while written < len(chunk):
+            written += os.write(fd, view[written:])
+
+
+def _set_times(fd: int, mtime: float) -> None:
+    with contextlib.suppress(OSError, ValueError, OverflowError):  # odd times are not fatal
+        os.utime(fd, (mtime, mtime))  # futimens on the open file, after its last write
+
+
+def _create(path: str, mode: int) -> int:
+    """A new file: never through a symlink, never over an entry, mode set on the fd."""
+    fd = os.open(path, _CREATE, 0o600)
+    if mode != 0o600:
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _write_small(path: str, mode: int, mtime: float, chunks: list[bytes]) -> int:
+    """One whole small file (runs on a writer thread); its size."""
+    fd = _create(path, mode)
+    try:
+        for chunk in chunks:
+            _write_all(fd, chunk)
+        _set_times(fd, mtime)
+    finally:
+        os.close(fd)
+    return sum(map(len, chunks))
+
+
 @dataclass
 class ImportWriter:
-    """Applies archive parts to a staging directory, checking every rule as it goes."""
+    """Applies archive parts to a staging directory, checking every rule as it goes.
+
+    Every check runs here, in stream order, on the caller's thread. Writing is plain `os`
+    calls on a descriptor (created with O_EXCL | O_NOFOLLOW, fchmod, os.write, futimens after
+    the last byte, close; no buffered file object, no second lookup of the path): a small
+    file, once all its data is in, goes whole to one of IMPORT_WRITERS threads; a large one is
+    written here as it comes. Directories and symlinks are made here, in order, so a file's
+    directory exists before its writer runs. `finish` waits for every writer and raises the
+    first error; `abort` waits for them too (the caller removes the directory next).
+    """
 
     root: Path
     quota_bytes: int
@@ -154,9 +211,18 @@ class ImportWriter:
     digest: Any = field(default_factory=hashlib.sha256)
     count: int = 0
     total: int = 0
-    _file: Any = None
-    _left: int = 0
-    _pending_mtime: list[tuple[Path, float]] = field(default_factory=list)
+    # The current regular file: its path, mode, mtime and bytes still to come; its data so
+    # far while it may be small (`_chunks`), or its descriptor once it is written here (`_fd`).
+    _path: str = ""
+    _mode: int = 0
+    _mtime: float = 0.0
+    _left: int = -1  # -1: no regular file is open
+    _chunks: list[bytes] = field(default_factory=list)
+    _buffered: int = 0
+    _fd: int = -1
+    _pool: ThreadPoolExecutor | None = None
+    _writing: deque[Future[int]] = field(default_factory=deque)
+    _in_flight: int = 0
 
     def file(self, entry: Entry) -> None:
         self._end_file()
@@ -170,12 +236,12 @@ class ImportWriter:
         parent = posixpath.dirname(entry.path)
         if parent not in self.dirs:
             raise invalid(f"{entry.path[:100]!r} comes before its directory")
-        target = self.root / entry.path
+        target = f"{os.fspath(self.root)}/{entry.path}"
         mode = entry.mode & 0o1777  # setuid/setgid cleared
         if entry.type == DIRECTORY:
             if entry.size:
                 raise invalid("a directory has no data")
-            target.mkdir(mode=0o700)
+            os.mkdir(target, 0o700)
             os.chmod(target, mode | 0o700)
             self.dirs.add(entry.path)
         elif entry.type == SYMLINK:
@@ -191,18 +257,14 @@ class ImportWriter:
                 raise invalid("negative size")
             if self.total + entry.size > self.quota_bytes:
                 raise GrainhouseError(Kind.TOO_LARGE, "archive is larger than the grain quota")
-            fd = os.open(
-                target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            self._file = os.fdopen(fd, "wb")
-            self._left = entry.size
-            self._pending_mtime.append((target, entry.mtime))
-            os.chmod(target, mode)
+            self._path, self._mode, self._mtime, self._left = target, mode, entry.mtime, entry.size
+            if entry.size > IMPORT_SMALL_FILE_BYTES:
+                self._fd = _create(target, mode)
         else:
             raise invalid(f"{entry.path[:100]!r} has an unknown type")
 
     def data(self, chunk: bytes) -> None:
-        if self._file is None:
+        if self._left < 0:
             raise invalid("data outside a regular file")
         if not chunk or len(chunk) > MAX_DATA_PART:
             raise invalid("a data part must be 1 byte to 1 MiB")
@@ -212,17 +274,60 @@ class ImportWriter:
         self.total += len(chunk)
         if self.hash_data:
             self.digest.update(chunk)
-        self._file.write(chunk)
+        if self._fd >= 0:
+            _write_all(self._fd, chunk)
+        else:
+            self._chunks.append(chunk)
+            self._buffered += len(chunk)
 
     def _end_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            if self._left:
-                raise invalid("a file has less data than its size_bytes")
+        if self._left < 0:
+            return
+        if self._left:
+            raise invalid("a file has less data than its size_bytes")
+        self._left = -1
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                _set_times(fd, self._mtime)
+            finally:
+                os.close(fd)
+            return
+        chunks, size = self._chunks, self._buffered
+        self._chunks, self._buffered = [], 0
+        self._reap(block=False)
+        while self._writing and (
+            self._in_flight + size > IMPORT_IN_FLIGHT_BYTES
+            or len(self._writing) >= IMPORT_IN_FLIGHT_FILES
+        ):
+            self._reap(block=True)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(IMPORT_WRITERS, thread_name_prefix="import-write")
+        self._writing.append(
+            self._pool.submit(_write_small, self._path, self._mode, self._mtime, chunks)
+        )
+        self._in_flight += size
+
+    def _reap(self, *, block: bool) -> None:
+        """Collect finished writers (the oldest, waiting for it, if `block`); raise an error."""
+        while self._writing and (block or self._writing[0].done()):
+            self._in_flight -= self._writing.popleft().result()
+            block = False
+
+    def _drain(self) -> None:
+        """Wait for every writer; the first error (in stream order) is raised."""
+        try:
+            while self._writing:
+                self._reap(block=True)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+                self._writing.clear()
 
     def finish(self, trailer: dict[str, Any]) -> None:
         self._end_file()
+        self._drain()
         if trailer["file_count"] != self.count or trailer["total_bytes"] != self.total:
             raise invalid("the trailer's totals do not match the archive (truncated?)")
         if not self.hash_data:
@@ -230,12 +335,15 @@ class ImportWriter:
                 raise invalid("a content_verified import carries no data checksum")
         elif trailer["data_sha256"] != self.digest.hexdigest():
             raise invalid("the data checksum does not match")
-        for path, mtime in self._pending_mtime:
-            with contextlib.suppress(OSError):
-                os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     def abort(self) -> None:
-        if self._file is not None:
+        """Stop writing: no writer runs once this returns (it waits for those running)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._writing.clear()
+        self._chunks, self._left = [], -1
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
             with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+                os.close(fd)

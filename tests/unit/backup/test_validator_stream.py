@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,39 @@ def test_a_dead_validator_is_a_refusal(tmp_path: Path) -> None:
     assert isinstance(verdict, v.Verdict)
     assert (verdict.ok, verdict.reason) == (False, v.TRUNCATED_OR_CORRUPT)
     assert json.dumps(verdict.message)  # a message a task can carry
+
+
+@pytest.mark.parametrize(
+    ("frame", "step"),
+    [
+        (v.FRAME.pack(v.METADATA_FRAME, archive.MAX_METADATA_BYTES + 1), "metadata"),
+        (v.FRAME.pack(v.DATA_FRAME, 11), "data"),  # more than the file lacks
+        (v.FRAME.pack(v.DATA_FRAME, archive.CHUNK + 1), "big data"),
+        (v.FRAME.pack(v.VERDICT_FRAME, 3 << 30), "verdict"),
+        (v.FRAME.pack(b"X", 1), "verdict"),  # an unknown kind
+    ],
+)
+def test_an_oversized_or_unknown_frame_is_a_refusal_and_is_not_read(
+    frame: bytes, step: str
+) -> None:
+    """A validator that lost its mind (a hostile archive broke it) cannot make the parent hold
+    gigabytes: a frame larger than its kind allows is refused from its header alone."""
+
+    async def drive() -> bytes | v.Verdict:
+        read_end, write_end = os.pipe()
+        os.write(write_end, frame + b"x" * 64)  # far less than announced: never waited for
+        proc = await asyncio.create_subprocess_exec("sleep", "60")
+        checked = v.Checked(proc, v.PipeReader(read_end))
+        try:
+            if step == "metadata":
+                return await checked.metadata()
+            if step == "verdict":
+                return await checked.verdict()
+            return await checked.data(10 if step == "data" else 50 * archive.CHUNK)
+        finally:
+            os.close(write_end)
+            await checked.close()
+
+    got = asyncio.run(asyncio.wait_for(drive(), 30))
+    assert isinstance(got, v.Verdict)
+    assert (got.ok, got.reason) == (False, v.TRUNCATED_OR_CORRUPT)
