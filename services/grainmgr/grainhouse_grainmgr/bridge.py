@@ -41,8 +41,8 @@ def spawn_app(config: dict[str, Any]) -> int:
 
 
 def app_env(config: dict[str, Any]) -> dict[str, str]:
-    """The manifest's env without `GRAINHOUSE_*`, plus PORT, HOME and PATH by default (the
-    same as grainmgr's grains.app_env, used when the sandbox starts the app: a test checks)."""
+    """The manifest's env without `GRAINHOUSE_*`, plus PORT, HOME and PATH by default. grainmgr
+    imports this same function for the spec when the sandbox starts the app."""
     env = {k: v for k, v in dict(config["env"]).items() if not k.startswith("GRAINHOUSE_")}
     if config.get("port") is not None:
         env["PORT"] = str(config["port"])

@@ -35,6 +35,9 @@ from typing import Any
 from grainhouse_common.bus import Bus
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_grainmgr import metrics
+
+# The app's environment is built by the bridge's own function (stdlib only), whoever starts it.
+from grainhouse_grainmgr.bridge import app_env
 from grainhouse_grainmgr.control import BridgeClient, GrainEnds, schema_path
 from grainhouse_grainmgr.launcher import Launcher, Limits, SandboxError, SpawnSpec
 from grainhouse_grainmgr.packages import Packages, view_info
@@ -57,17 +60,6 @@ CRASHES_BEFORE_BACKOFF = 3
 PING_TIMEOUT_SECONDS = 10.0
 # How long opening a grain waits for an export that holds it still (docs/backup.md).
 EXPORT_WAIT_SECONDS = 30.0
-
-
-def app_env(config: dict[str, Any]) -> dict[str, str]:
-    """The app's environment, as bridge.spawn_app builds it (a unit test keeps them equal):
-    the manifest's env without `GRAINHOUSE_*`, plus PORT, and HOME and PATH by default."""
-    env = {k: v for k, v in dict(config["env"]).items() if not k.startswith("GRAINHOUSE_")}
-    if config.get("port") is not None:
-        env["PORT"] = str(config["port"])
-    env.setdefault("HOME", "/var")
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return env
 
 
 def new_grain_id() -> str:

@@ -20,18 +20,27 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
 
 
 @pytest.mark.parametrize(
-    "config",
+    ("config", "expected"),
     [
-        {"env": {}, "port": 8000},
-        {"env": {"HOME": "/var/home", "PATH": "/opt/app/bin"}, "port": None},
-        {"env": {"GRAINHOUSE_BRIDGE": "x", "GRAINHOUSE_CHILD_PID": "9", "A": "1"}, "port": 1},
-        {"env": {"PORT": "1"}, "port": 2},
+        ({"env": {}, "port": 8000}, {"PORT": "8000", "HOME": "/var"}),
+        (
+            {"env": {"HOME": "/var/home", "PATH": "/opt/app/bin"}, "port": None},
+            {"HOME": "/var/home", "PATH": "/opt/app/bin"},
+        ),
+        (
+            {"env": {"GRAINHOUSE_BRIDGE": "x", "GRAINHOUSE_CHILD_PID": "9", "A": "1"}, "port": 1},
+            {"A": "1", "PORT": "1", "HOME": "/var"},
+        ),
+        ({"env": {"PORT": "1"}, "port": 2}, {"PORT": "2", "HOME": "/var"}),
     ],
 )
-def test_grainmgr_and_the_bridge_give_the_app_the_same_environment(config: dict[str, Any]) -> None:
-    # grainmgr's copy is used when the sandbox starts the app, the bridge's when it must.
-    assert grains.app_env(config) == bridge.app_env(config)
-    assert not any(k.startswith("GRAINHOUSE_") for k in grains.app_env(config))
+def test_the_app_environment_is_the_manifest_s_plus_port_and_defaults(
+    config: dict[str, Any], expected: dict[str, str]
+) -> None:
+    # One function, whether the sandbox (grainmgr's spec) or the bridge starts the app.
+    assert grains.app_env is bridge.app_env
+    expected.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    assert bridge.app_env(config) == expected
 
 
 def test_the_bridge_reads_the_child_pid_where_the_launcher_puts_it() -> None:
