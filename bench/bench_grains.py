@@ -45,6 +45,7 @@ from tests.integration.frontend.harness import (  # noqa: E402 - needs the repo 
     make_token,
     setup_admin,
 )
+from tests.support.procs import grain_processes, parents  # noqa: E402
 from tests.support.stack import Stack, make_data_root  # noqa: E402
 
 APPS = ROOT / "bench" / "apps"
@@ -171,44 +172,6 @@ def uss_kb(pid: int) -> int:
         if parts[0] in ("Private_Clean:", "Private_Dirty:"):
             total += int(parts[1])
     return total
-
-
-def parents() -> dict[int, int]:
-    """pid -> parent pid of every process."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
-def grain_processes(grainmgr_pid: int) -> list[tuple[int, int]]:
-    """(bridge pid, its parent) for every grain of this grainmgr (other stacks may run on the
-    machine: only descendants of our grainmgr count). The parent is the launcher's per-grain
-    process outside the sandbox, which lives as long as the grain."""
-    tree = parents()
-
-    def ours(pid: int) -> bool:
-        while pid > 1:
-            pid = tree.get(pid, 0)
-            if pid == grainmgr_pid:
-                return True
-        return False
-
-    found = []
-    for pid, parent in tree.items():
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        args = cmd.split(b"\0")
-        if any(arg.endswith(b"/bridge.py") for arg in args) and ours(pid):
-            found.append((pid, parent))
-    return found
 
 
 def cpu_ticks(pids: list[int]) -> list[int]:

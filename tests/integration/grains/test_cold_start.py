@@ -4,7 +4,6 @@ reply leaves, and grainmgr says once where the start's time went (bench/bench_gr
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from grainhouse_grainmgr.grains import START_STEPS, STEP_NAMES
 from grainhouse_proto import grainmgr_pb2 as pb
+from tests.support.procs import grain_processes
 
 from .conftest import Platform, create, http, open_session, relay_connect, request_bytes
 
@@ -32,31 +32,7 @@ def start_lines(platform: Platform, grain_id: str) -> list[dict[str, float]]:
 
 def bridges_of(grainmgr_pid: int) -> list[int]:
     """Host pids of the bridges under this grainmgr (other stacks may run on the machine)."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-
-    def ours(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == grainmgr_pid:
-                return True
-        return False
-
-    found = []
-    for pid in parent:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(arg.endswith(b"/bridge.py") for arg in argv) and ours(pid):
-            found.append(pid)
-    return found
+    return [pid for pid, _ in grain_processes(grainmgr_pid)]
 
 
 def test_a_cold_open_records_the_start_and_says_where_its_time_went(
