@@ -9,24 +9,13 @@ from pathlib import Path
 import pytest
 
 from grainhouse_grainmgr import admission
-from grainhouse_grainmgr.spec import Limits, SandboxError, SpawnSpec
+from grainhouse_grainmgr.spec import CHILD_PID_ENV, Limits, SandboxError, SpawnSpec
+from tests.support.spawn_specs import spawn_spec
 
 pytestmark = pytest.mark.unit
 
 
-def good(tmp_path: Path, **changes: object) -> SpawnSpec:
-    (tmp_path / "pkg").mkdir(exist_ok=True)
-    (tmp_path / "var").mkdir(exist_ok=True)
-    fields: dict[str, object] = {
-        "grain_id": "g-1",
-        "argv": ["/opt/app/run"],
-        "env": {"A": "1"},
-        "package_dir": str(tmp_path / "pkg"),
-        "var_dir": str(tmp_path / "var"),
-        "log_path": str(tmp_path / "log"),
-    }
-    fields.update(changes)
-    return SpawnSpec(**fields)  # type: ignore[arg-type]
+good = spawn_spec
 
 
 def test_a_good_spec_is_admitted(tmp_path: Path) -> None:
@@ -45,6 +34,13 @@ def test_a_good_spec_is_admitted(tmp_path: Path) -> None:
         ({"pass_fds": tuple(range(20))}, "at most 16 fds"),
         ({"limits": Limits(nofile=3)}, "limits.nofile must be at least 16"),
         ({"limits": Limits(pids=-1)}, "limits.pids must be a non-negative integer"),
+        ({"child_argv": ["server"]}, "child_argv[0] must be an absolute path"),
+        ({"child_argv": ["/opt/app/a\0b"]}, "child_argv must be a list of strings"),
+        ({"child_argv": "/opt/app/server"}, "child_argv must be a list of strings"),
+        ({"child_env": {"A=B": "1"}}, "child_env must map names"),
+        ({"child_env": {"A": 1}}, "child_env must map names"),
+        # The launcher alone says where the child is; a spec cannot forge it.
+        ({"env": {CHILD_PID_ENV: "7"}}, f"env must not set {CHILD_PID_ENV}"),
     ],
 )
 def test_malformed_specs_are_invalid(
