@@ -326,7 +326,11 @@ class ImportWriter:
                 self._writing.clear()
 
     def finish(self, trailer: dict[str, Any]) -> None:
-        self._end_file()
+        try:
+            self._end_file()  # may already raise a finished writer's error
+        except BaseException:
+            self.abort()  # no writer may outlive a failed finish
+            raise
         self._drain()
         if trailer["file_count"] != self.count or trailer["total_bytes"] != self.total:
             raise invalid("the trailer's totals do not match the archive (truncated?)")
