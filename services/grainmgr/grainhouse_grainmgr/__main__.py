@@ -26,6 +26,7 @@ from grainhouse_grainmgr.service import GrainManagerService, register
 from grainhouse_grainmgr.settings import GrainmgrSettings
 from grainhouse_grainmgr.store import Store
 from grainhouse_grainmgr.transfers import Snapshots
+from grainhouse_grainmgr.upkeep import Upkeep
 
 log = logging.getLogger("grainhouse.grainmgr")
 
@@ -97,11 +98,13 @@ async def serve(rt: runtime.Runtime, own: GrainmgrSettings, root: Path, launcher
         service = GrainManagerService(packages, grains, snaps, relay, own.relay_advertise)
         tasks: list[asyncio.Task[None]] = []
 
+        upkeep = Upkeep(grains)
+
         async def housekeeping() -> None:
             while True:
                 await asyncio.sleep(own.housekeeping_interval_seconds)
                 try:
-                    await grains.housekeeping()
+                    await upkeep.round()
                 except Exception:
                     log.exception("housekeeping failed")
 

@@ -488,13 +488,13 @@ class Grains:
             metrics.grain_starts.labels(result="timeout").inc()
             metrics.spawn_failed("never_listened" if reason == "start timeout" else "app_exited")
             running.failure = reason
-            await self._kill(running, reason)
+            await self.kill(running, reason)
             raise GrainhouseError(
                 Kind.UNAVAILABLE, f"the app did not start ({reason}); retry later"
             ) from exc
         except BaseException:  # the "starting" write failed, or we were cancelled
             running.failure = "start failed"
-            await self._kill(running, "start failed")
+            await self.kill(running, "start failed")
             raise
         metrics.start_seconds.observe(time.monotonic() - t0)
         metrics.grain_starts.labels(result="ok").inc()
@@ -596,7 +596,8 @@ class Grains:
                 grain_id, "crashed", "crashed", size_bytes=size, last_error=detail
             )
 
-    async def _kill(self, running: Running, why: str) -> None:
+    async def kill(self, running: Running, why: str) -> None:
+        """Kill the grain's sandbox and wait until its watcher recorded the end."""
         with contextlib.suppress(SandboxError):
             await self.launcher.kill(running.grain_id)
         if running.watcher is not None:
@@ -628,7 +629,7 @@ class Grains:
         try:
             await asyncio.wait_for(asyncio.shield(running.watcher), 2)  # type: ignore[arg-type]
         except TimeoutError:
-            await self._kill(running, "stop")
+            await self.kill(running, "stop")
 
     async def restart(self, grain_id: str) -> GrainRow:
         row = await self.get(grain_id)
@@ -769,76 +770,6 @@ class Grains:
             session.last_used = time.monotonic()
 
         return running.touch, done
-
-    # -- housekeeping -------------------------------------------------------------------------
-
-    async def housekeeping(self) -> None:
-        """Ping running grains, report quota overruns, stop idle ones, purge expired trash."""
-        # A frozen grain (an export holds it still) answers no ping and has stood still, not
-        # idled: leave it alone until it thaws. Its quota events wait for the next round.
-        live = [r for r in self.running.values() if not r.frozen]
-        await asyncio.gather(*(self._check_alive(r) for r in live))
-        for running in live:
-            await self._report_quota(running)
-        limit = time.monotonic() - self.settings.idle_stop_seconds
-        live = [r for r in self.running.values() if not r.frozen]
-        for running in live:
-            # A session ends when no stream of it was open for the idle time (the proto's
-            # OpenSessionResponse.idle_timeout_seconds); dropping the handle tells the bridge.
-            for session in list(running.sessions.values()):
-                if not session.open_streams and session.last_used < limit:
-                    del running.sessions[session.session_id]
-        for running in [r for r in self.running.values() if not r.frozen]:
-            if not running.stopping and not running.streams and running.last_activity < limit:
-                log.info("grain %s idle: stopping", running.grain_id)
-                with contextlib.suppress(GrainhouseError):
-                    await self.stop(running.grain_id)
-        for grain_id in await self.store.expired_trash(now()):
-            log.info("grain %s: trash retention over: deleting", grain_id)
-            with contextlib.suppress(GrainhouseError):
-                await self.delete(grain_id, skip_trash=True)
-
-    async def _report_quota(self, running: Running) -> None:
-        """The launcher turned a grain's /var read-only (over quota): say so, once per event."""
-        events = self.launcher.quota_events(running.grain_id)
-        for usage in events[running.quota_reported :]:
-            if usage.exceeded:
-                metrics.grain_quota_exceeded.inc()
-                log.warning(
-                    "grain %s is over its disk quota: /var is read-only until it shrinks",
-                    running.grain_id,
-                    extra={"used_bytes": usage.used_bytes, "limit_bytes": usage.limit_bytes},
-                )
-                await self.bus.publish(
-                    "grainhouse.grainmgr.grain.over_quota",
-                    {
-                        "grain_id": running.grain_id,
-                        "used_bytes": usage.used_bytes,
-                        "limit_bytes": usage.limit_bytes,
-                        "at": now().isoformat(),
-                    },
-                )
-        running.quota_reported = len(events)
-
-    async def _check_alive(self, running: Running) -> None:
-        """A bridge that does not answer ping in time counts as crashed (grain.capnp ping)."""
-        now_ = time.monotonic()
-        if not running.ready or running.stopping or running.frozen:
-            return
-        if now_ - running.last_ping < self.settings.ping_interval_seconds:
-            return
-        running.last_ping = now_
-        freezes = running.freezes
-        try:
-            await asyncio.wait_for(running.bridge.ping(), PING_TIMEOUT_SECONDS)
-        except (TimeoutError, GrainhouseError):
-            if running.stopping or self.running.get(running.grain_id) is not running:
-                return
-            if running.frozen or running.freezes != freezes:
-                return  # an export froze it while the ping waited: not a hang
-            log.warning("grain %s: no answer to ping; killing it", running.grain_id)
-            running.failure = "no answer to ping"
-            await self._kill(running, "ping")
 
     async def recover_after_restart(self) -> None:
         """Grains recorded as live belong to a previous grainmgr whose sandboxes are gone."""
