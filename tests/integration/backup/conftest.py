@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -96,27 +97,32 @@ def connect(stack: Stack, package_dir: Path) -> Platform:
     return Platform(stack, grainmgr, backup, package, [gch, bch], package_dir)
 
 
-@pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+@contextlib.contextmanager
+def running_platform(env: dict[str, str], package_dir: Path) -> Iterator[Platform]:
+    """A started stack (with `env`) and its clients; stopped and removed on the way out."""
     root = make_data_root()
-    stack = Stack(
-        root,
-        {
-            "GRAINHOUSE_BACKUP_SCHEDULE_PERIOD_OVERRIDE_SECONDS": "30",
-            "GRAINHOUSE_BACKUP_SCHEDULER_INTERVAL_SECONDS": "1",
-            "GRAINHOUSE_BACKUP_JOB_ACK_WAIT_SECONDS": "6",
-        },
-    )
+    stack = Stack(root, env)
     plat = None
     try:
         stack.start()
-        plat = connect(stack, tmp_path_factory.mktemp("pkg"))
+        plat = connect(stack, package_dir)
         yield plat
     finally:
         if plat is not None:
             plat.close()
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    env = {
+        "GRAINHOUSE_BACKUP_SCHEDULE_PERIOD_OVERRIDE_SECONDS": "30",
+        "GRAINHOUSE_BACKUP_SCHEDULER_INTERVAL_SECONDS": "1",
+        "GRAINHOUSE_BACKUP_JOB_ACK_WAIT_SECONDS": "6",
+    }
+    with running_platform(env, tmp_path_factory.mktemp("pkg")) as plat:
+        yield plat
 
 
 def new_grain(p: Platform, title: str = "Backup me", owner: str = OWNER) -> gpb.Grain:

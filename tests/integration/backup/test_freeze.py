@@ -9,7 +9,6 @@ client that cancels mid-stream gets the grain thawed too.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -24,11 +23,9 @@ from grainhouse_proto import grainmgr_pb2 as gpb
 
 from .conftest import (
     Platform,
-    Stack,
-    connect,
     latest,
-    make_data_root,
     new_grain,
+    running_platform,
     start_writer,
 )
 
@@ -157,25 +154,13 @@ HELD_SECONDS = 16  # frozen longer than both the idle time and the ping timeout
 
 @pytest.fixture
 def eager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    root = make_data_root()
-    stack = Stack(
-        root,
-        {
-            "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": str(IDLE_STOP_SECONDS),
-            "GRAINHOUSE_GRAINMGR_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
-            "GRAINHOUSE_GRAINMGR_PING_INTERVAL_SECONDS": "0.5",
-        },
-    )
-    plat = None
-    try:
-        stack.start()
-        plat = connect(stack, tmp_path_factory.mktemp("pkg"))
+    env = {
+        "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": str(IDLE_STOP_SECONDS),
+        "GRAINHOUSE_GRAINMGR_HOUSEKEEPING_INTERVAL_SECONDS": "0.5",
+        "GRAINHOUSE_GRAINMGR_PING_INTERVAL_SECONDS": "0.5",
+    }
+    with running_platform(env, tmp_path_factory.mktemp("pkg")) as plat:
         yield plat
-    finally:
-        if plat is not None:
-            plat.close()
-        stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_housekeeping_leaves_a_frozen_grain_alone(eager: Platform, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from .conftest import (
     make_data_root,
     new_grain,
     restore_upload,
+    running_platform,
     tree,
 )
 
@@ -180,23 +181,13 @@ def test_restore_on_a_second_stack(platform: Platform, tmp_path: Path) -> None:
     archive = tmp_path / "travel.zip"
     download(platform, task.backup_id, archive)
 
-    root = make_data_root()
-    second = Stack(root)
-    other = None
-    try:
-        second.start()
-        other = connect(second, platform.package_dir)  # the same signed package
+    with running_platform({}, platform.package_dir) as other:  # the same signed package
         assert (
             other.stack.services()["backup"]["grpc"] != platform.stack.services()["backup"]["grpc"]
         )
         done = restore_upload(other, archive, owner="owner-on-b")
         assert done.state == bpb.TASK_STATE_SUCCEEDED, done.error
         assert tree(other.var_dir(done.grain_id)) == before
-    finally:
-        if other is not None:
-            other.close()
-        second.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_scheduled_job_survives_a_restart_of_the_whole_stack(tmp_path: Path) -> None:
