@@ -159,22 +159,15 @@ def routes(deps: Deps) -> list[ApiRoute]:
         if not {"disabled", "visitor"} & body.keys():
             return JSONResponse(current, headers={"ETag": user_etag(current)})
         account = None
-        if "visitor" in body:
-            account = (await deps.auth.SetAccountVisitor(
-                auth_pb2.SetAccountVisitorRequest(
-                    caller=cred(caller), account_id=account_id,
-                    visitor=field(body, "visitor", bool),
-                ),
-                timeout=10,
-            )).account  # fmt: skip
-        if "disabled" in body:
-            account = (await deps.auth.SetAccountDisabled(
-                auth_pb2.SetAccountDisabledRequest(
-                    caller=cred(caller), account_id=account_id,
-                    disabled=field(body, "disabled", bool),
-                ),
-                timeout=10,
-            )).account  # fmt: skip
+        changes = (
+            ("visitor", deps.auth.SetAccountVisitor, auth_pb2.SetAccountVisitorRequest),
+            ("disabled", deps.auth.SetAccountDisabled, auth_pb2.SetAccountDisabledRequest),
+        )
+        for name, call, message in changes:
+            if name in body:
+                change = {name: field(body, name, bool)}
+                request_pb = message(caller=cred(caller), account_id=account_id, **change)
+                account = (await call(request_pb, timeout=10)).account
         assert account is not None
         doc = user_json(account)
         return JSONResponse(doc, headers={"ETag": user_etag(doc)})
