@@ -80,7 +80,6 @@ KEY_BYTES = 32
 KEY_TTL_SECONDS = 30.0
 MAX_STREAMS = 256
 MAX_PREPARED_KEYS = 1024
-CHUNK = 64 * 1024
 # How often the app's port is tried while it starts: often at first (every ms of a cold open
 # counts, and a refused loopback connect costs microseconds), then gently.
 POLL_SECONDS = 0.02
