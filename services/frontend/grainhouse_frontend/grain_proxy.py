@@ -110,20 +110,16 @@ class RelayStream:
 
 async def relay_connect(ticket: grainmgr_pb2.StreamTicket) -> RelayStream:
     """Open one stream with grainmgr's relay handshake, as a StreamReader/StreamWriter pair."""
-    address = ticket.relay_address
-    if address.startswith("unix:"):
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(address[5:]), HANDSHAKE_TIMEOUT
-        )
+    path, host, port = grain_upstream.relay_endpoint(ticket.relay_address)
+    if path is not None:
+        opening = asyncio.open_unix_connection(path)
     else:
-        host, port = address.rsplit(":", 1)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port)), HANDSHAKE_TIMEOUT
-        )
-    writer.write(f"GRAINHOUSE-RELAY/1 {ticket.stream_key_secret}\r\n".encode())
+        opening = asyncio.open_connection(host, port)
+    reader, writer = await asyncio.wait_for(opening, HANDSHAKE_TIMEOUT)
+    writer.write(grain_upstream.relay_hello(ticket.stream_key_secret))
     await writer.drain()
     answer = await asyncio.wait_for(reader.readline(), HANDSHAKE_TIMEOUT)
-    if answer != b"OK\r\n":
+    if answer != grain_upstream.RELAY_OK:
         writer.close()
         raise ConnectionError("the relay refused the stream key")
     return RelayStream(reader, writer)

@@ -370,23 +370,39 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], bool]:
     return status, headers, status_line[7:8] == b"1"
 
 
+# grainmgr's relay handshake (grainmgr.proto, StreamTicket): this line out, RELAY_OK back.
+RELAY_OK = b"OK\r\n"
+
+
+def relay_hello(stream_key_secret: str) -> bytes:
+    return f"GRAINHOUSE-RELAY/1 {stream_key_secret}\r\n".encode()
+
+
+def relay_endpoint(address: str) -> tuple[str | None, str, int]:
+    """(unix path, or None; host; port) of a StreamTicket.relay_address."""
+    if address.startswith("unix:"):
+        return address[5:], "", 0
+    host, port = address.rsplit(":", 1)
+    return None, host, int(port)
+
+
 async def connect(address: str, stream_key_secret: str) -> Upstream:
     """Open one relay stream (`unix:/path` or `host:port`) and pass grainmgr's handshake."""
     loop = asyncio.get_running_loop()
-    if address.startswith("unix:"):
-        opening = loop.create_unix_connection(Upstream, address[5:])
+    path, host, port = relay_endpoint(address)
+    if path is not None:
+        opening = loop.create_unix_connection(Upstream, path)
     else:
-        host, port = address.rsplit(":", 1)
-        opening = loop.create_connection(Upstream, host, int(port))
+        opening = loop.create_connection(Upstream, host, port)
     _, stream = await asyncio.wait_for(opening, HANDSHAKE_TIMEOUT)
     try:
-        await stream.write(f"GRAINHOUSE-RELAY/1 {stream_key_secret}\r\n".encode())
+        await stream.write(relay_hello(stream_key_secret))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             while b"\r\n" not in stream._buf and not stream._eof and len(stream._buf) < 64:
                 await stream._more()
-        if not stream._buf.startswith(b"OK\r\n"):
+        if not stream._buf.startswith(RELAY_OK):
             raise ConnectionError("the relay refused the stream key")
-        del stream._buf[:4]
+        del stream._buf[: len(RELAY_OK)]
         stream._reusable = True
     except BaseException:
         stream.close()
