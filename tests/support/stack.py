@@ -73,9 +73,19 @@ class Stack:
             if self.log().count(text) >= count:
                 return
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"grainhouse up exited early:\n{self.log()}")
+                raise AssertionError(f"grainhouse up exited early:\n{self.failure()}")
             time.sleep(0.1)
-        raise AssertionError(f"no {text!r} within {timeout}s:\n{self.log()}")
+        raise AssertionError(f"no {text!r} within {timeout}s:\n{self.failure()}")
+
+    def failure(self) -> str:
+        """`up`'s output plus the end of every service log it points at: the data root is
+        removed after a failed start, so this is all that is left to read."""
+        out = self.log()
+        for name in dict.fromkeys(re.findall(r"see (\S+\.log)", out)):
+            with contextlib.suppress(OSError):
+                tail = Path(name).read_text(errors="replace")[-4000:]
+                out += f"\n--- end of {name} ---\n{tail}"
+        return out
 
     def log(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
