@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import sys
@@ -48,10 +49,34 @@ def nats_server_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    """A port free now, below the kernel's ephemeral range: a port from that range may be given
+    to some outgoing connection (a database client, another stack's) in the seconds between
+    planning and the service's bind, and the service then fails to start."""
+    taken = taken if taken is not None else set()
+    low = min(_ephemeral_low(), 65536)
+    for _ in range(200):
+        port = random.randint(10000, low - 1) if low > 10001 else 0  # noqa: S311 - not a secret
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            got = int(s.getsockname()[1])
+            if got not in taken:
+                taken.add(got)
+                return got
+    raise DataDirError("no free port on 127.0.0.1 for Grainhouse's services")
 
 
 def check_port_free(port: int, what: str) -> None:
@@ -80,8 +105,9 @@ class Ports:
     @classmethod
     def plan(cls, http_port: int) -> Ports:
         if http_port == 0:
-            http = free_port()
-            nums = iter([free_port() for _ in range(10)])
+            taken: set[int] = set()
+            http = free_port(taken)
+            nums = iter([free_port(taken) for _ in range(10)])
         else:
             http = http_port
             nums = iter(range(http_port + 1, http_port + 11))
