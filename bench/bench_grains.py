@@ -78,9 +78,10 @@ def build_apps(out: Path) -> dict[str, Path]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Below the ephemeral range, as the tests pick (tests/support/ports.py says why)."""
+    from tests.support.ports import free_port as planned
+
+    return planned()
 
 
 def start_direct(hello_dir: Path, port: int) -> subprocess.Popen[bytes]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from grainhouse_backup import metrics, service, storage, validator
+from grainhouse_backup import metrics, service, storage
 from grainhouse_backup.backups import Config, Engine
 from grainhouse_backup.events import Events
 from grainhouse_backup.jobs import Jobs
 from grainhouse_backup.settings import BackupSettings
 from grainhouse_backup.store import Store
+from grainhouse_backup.verdicts import Limits
 from grainhouse_common import rpc, runtime, settings
 from grainhouse_proto import grainmgr_pb2_grpc
 
@@ -38,7 +39,7 @@ def main() -> int:
         return 2
     store_dir.clean_tmp()  # leftovers of a run that died: never a partial backup
     config = Config(
-        limits=validator.Limits(
+        limits=Limits(
             max_total_bytes=own.max_total_bytes,
             max_ratio=own.max_ratio,
             max_files=own.max_files,

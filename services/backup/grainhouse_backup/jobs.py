@@ -33,8 +33,8 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from grainhouse_backup import metrics, retention, schedules
-from grainhouse_backup.backups import CREATE, Engine
-from grainhouse_backup.store import ScheduleRow, Store
+from grainhouse_backup.backups import Engine
+from grainhouse_backup.store import CREATE, ScheduleRow, Store
 from grainhouse_proto import grainmgr_pb2 as gpb
 
 log = logging.getLogger("grainhouse.backup.jobs")

@@ -16,12 +16,14 @@ from typing import Any
 
 import grpc
 
-from grainhouse_backup import backups, retention, schedules
-from grainhouse_backup.backups import CREATE, RESTORE, Engine, backup_pb, new_id, task_pb
+from grainhouse_backup import retention, schedules
+from grainhouse_backup.backups import Engine, new_id
+from grainhouse_backup.messages import backup_pb, task_pb
 from grainhouse_backup.storage import StorageError
-from grainhouse_backup.store import ScheduleRow, Store
+from grainhouse_backup.store import CREATE, RESTORE, ScheduleRow, Store
 from grainhouse_common import rpc
 from grainhouse_common.errors import GrainhouseError, Kind, from_rpc_error
+from grainhouse_common.timestamps import maybe_timestamp as stamp_of
 from grainhouse_proto import backup_pb2 as pb
 from grainhouse_proto import backup_pb2_grpc
 from grainhouse_proto import common_pb2 as cpb
@@ -79,7 +81,7 @@ def schedule_pb(row: ScheduleRow) -> pb.Schedule:
     else:
         msg.all_grains_of_account_id = row.account_scope or ""
     for name in ("created_at", "next_run_at", "last_run_at"):
-        if (ts := backups.stamp_of(getattr(row, name))) is not None:
+        if (ts := stamp_of(getattr(row, name))) is not None:
             getattr(msg, name).CopyFrom(ts)
     return msg
 

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from grainhouse_cli.datadir import DataDir
 from grainhouse_cli.postgres import DBNAME, EmbeddedPostgres
 from grainhouse_common import provision
 from grainhouse_proto import auth_pb2, auth_pb2_grpc, common_pb2
+from tests.support.ports import free_port
 
 PUBLIC_URL = "http://localhost:6080"
 STACK_ENV = {
@@ -46,12 +46,6 @@ STACK_ENV = {
 PASSWORD = "violet-harbour-tangerine-47"
 OIDC_REDIRECT = PUBLIC_URL + "/login/oidc/corp/callback"
 OIDC_USER = {"sub": "corp-ada", "email": "ada@corp.example", "email_verified": True, "name": "Ada"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Any, what: str, timeout: float, log: Path | None = None) -> None:

@@ -14,7 +14,6 @@ import json
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, ensure_chromium
+from tests.support.ports import free_block, free_port
 from tests.support.stack import GRAINHOUSE, READY, Stack, make_data_root
 
 from .harness import FRONTEND_ENV, Client, build_probe, install_package, make_token, setup_admin
@@ -35,29 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-signin"
 PASSWORD = "correct horse battery"
 PROVIDER = Path(__file__).resolve().parents[1] / "auth" / "oidc_provider.py"
 LAPTOP = {"width": 1280, "height": 800}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_block(avoid: int, size: int = 11) -> int:
-    """A port whose next size-1 neighbours are free too (`grainhouse up --http-port P` gives
-    the internal services P+1 … P+10), away from `avoid`."""
-    for _ in range(200):
-        start = secrets.randbelow(20000) + 20000
-        if start <= avoid < start + size:
-            continue
-        try:
-            for p in range(start, start + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return start
-    raise AssertionError("no free block of ports")
 
 
 def http_ok(url: str) -> bool:
@@ -98,7 +75,7 @@ class FixedPortStack(Stack):
 def world() -> Iterator[dict[str, Any]]:
     root = make_data_root("gh-signin-")
     op_port = free_port()
-    port = free_block(avoid=op_port)
+    port = free_block(11, avoid=op_port)
     callback = f"http://localhost:{port}/login/oidc/corp/callback"
     issuer = f"http://127.0.0.1:{op_port}"
     client_secret = secrets.token_urlsafe(16)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from tests.support import stack as support
+from tests.support.ports import free_port
 from tests.support.stack import Stack
 
 __all__ = ["Stack"]
@@ -32,12 +32,6 @@ SERVICES = ("auth", "grainmgr", "backup", "frontend")
 
 def make_data_root() -> Path:
     return support.make_data_root("gh-ops-")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:

@@ -164,7 +164,7 @@ def test_container_healthcheck_script_against_real_services(stack: Stack) -> Non
     proc = _healthcheck("http", f"http://{services['frontend']['listen']}/healthz")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # And it says no when nobody answers.
-    from tests.integration.ops.conftest import free_port
+    from tests.support.ports import free_port
 
     dead = free_port()
     assert _healthcheck("grpc", f"127.0.0.1:{dead}", "--timeout", "1").returncode == 1

@@ -89,12 +89,6 @@ def pack_and_install(source: Path, key: Ed25519PrivateKey, work: Path) -> Instal
     return install_package(pkg, root)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def host_command(
     manifest: Manifest, files_dir: Path, port: int, extra: list[str] | None = None
 ) -> tuple[list[str], dict[str, str]]:

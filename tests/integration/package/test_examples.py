@@ -15,12 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from grainhouse_package import verify_package
-from tests.integration.package.conftest import (
-    EXAMPLES,
-    free_port,
-    host_command,
-    pack_and_install,
-)
+from tests.integration.package.conftest import EXAMPLES, host_command, pack_and_install
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

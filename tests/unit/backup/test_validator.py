@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from grainhouse_backup import archive
-from grainhouse_backup import validator as v
+from grainhouse_backup import archive, archive_rules, validation
+from grainhouse_backup import verdicts as v
 from grainhouse_proto import backup_pb2
 from tests.unit.backup.conftest import GOOD, HEADER, Hostile, Raw, write_good, write_hostile
 
@@ -24,7 +24,7 @@ F = stat.S_IFREG | 0o644
 
 def check(path: Path, limits: v.Limits = LIMITS) -> v.Verdict:
     with path.open("rb") as f:
-        return v.check_archive(f, limits)
+        return archive_rules.check_archive(f, limits)
 
 
 def hostile(tmp_path: Path, spec: Hostile) -> Path:
@@ -308,11 +308,11 @@ def test_confined_process_refuses_and_accepts(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     write_good(tmp_path / "g.zip")
-    good = asyncio.run(v.validate_file(str(tmp_path / "g.zip"), LIMITS, str(empty), 60))
+    good = asyncio.run(validation.validate_file(str(tmp_path / "g.zip"), LIMITS, str(empty), 60))
     assert good.ok, good
     assert "rlimits" in good.confinement and "no_new_privs" in good.confinement
     bad = hostile(tmp_path, Hostile([Raw("data/../../x", b"1")]))
-    verdict = asyncio.run(v.validate_file(str(bad), LIMITS, str(empty), 60))
+    verdict = asyncio.run(validation.validate_file(str(bad), LIMITS, str(empty), 60))
     assert (verdict.ok, verdict.reason) == (False, v.ZIP_SLIP)
 
 
@@ -320,7 +320,7 @@ def test_confined_process_has_no_network(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     write_good(tmp_path / "g.zip")
-    verdict = asyncio.run(v.validate_file(str(tmp_path / "g.zip"), LIMITS, str(empty), 60))
+    verdict = asyncio.run(validation.validate_file(str(tmp_path / "g.zip"), LIMITS, str(empty), 60))
     if "netns" not in verdict.confinement:
         pytest.skip("user namespaces are not available on this kernel")
     assert "chroot" in verdict.confinement

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from grainhouse_backup import archive
-from grainhouse_backup import validator as v
+from grainhouse_backup import archive, frames, validation
+from grainhouse_backup import verdicts as v
 from tests.unit.backup.conftest import GOOD, Hostile, Raw, write_good, write_hostile
 
 pytestmark = pytest.mark.unit
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 
 async def run(path: Path, empty: Path) -> tuple[bytes | v.Verdict, dict[str, bytes], v.Verdict]:
     """Drive a `Checked` as a restore does: metadata, each regular file's content, verdict."""
-    checked = await v.Checked.start(str(path), v.Limits(), str(empty))
+    checked = await validation.Checked.start(str(path), v.Limits(), str(empty))
     content: dict[str, bytes] = {}
     try:
         raw = await checked.metadata()
@@ -81,7 +81,7 @@ def test_a_dead_validator_is_a_refusal(tmp_path: Path) -> None:
     write_good(tmp_path / "g.zip")
 
     async def killed() -> bytes | v.Verdict:
-        checked = await v.Checked.start(
+        checked = await validation.Checked.start(
             str(tmp_path / "g.zip"), v.Limits(), str(tmp_path / "empty")
         )
         checked.proc.kill()
@@ -100,11 +100,11 @@ def test_a_dead_validator_is_a_refusal(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("frame", "step"),
     [
-        (v.FRAME.pack(v.METADATA_FRAME, archive.MAX_METADATA_BYTES + 1), "metadata"),
-        (v.FRAME.pack(v.DATA_FRAME, 11), "data"),  # more than the file lacks
-        (v.FRAME.pack(v.DATA_FRAME, archive.CHUNK + 1), "big data"),
-        (v.FRAME.pack(v.VERDICT_FRAME, 3 << 30), "verdict"),
-        (v.FRAME.pack(b"X", 1), "verdict"),  # an unknown kind
+        (frames.FRAME.pack(frames.METADATA_FRAME, archive.MAX_METADATA_BYTES + 1), "metadata"),
+        (frames.FRAME.pack(frames.DATA_FRAME, 11), "data"),  # more than the file lacks
+        (frames.FRAME.pack(frames.DATA_FRAME, archive.CHUNK + 1), "big data"),
+        (frames.FRAME.pack(frames.VERDICT_FRAME, 3 << 30), "verdict"),
+        (frames.FRAME.pack(b"X", 1), "verdict"),  # an unknown kind
     ],
 )
 def test_an_oversized_or_unknown_frame_is_a_refusal_and_is_not_read(
@@ -117,7 +117,7 @@ def test_an_oversized_or_unknown_frame_is_a_refusal_and_is_not_read(
         read_end, write_end = os.pipe()
         os.write(write_end, frame + b"x" * 64)  # far less than announced: never waited for
         proc = await asyncio.create_subprocess_exec("sleep", "60")
-        checked = v.Checked(proc, v.PipeReader(read_end))
+        checked = validation.Checked(proc, frames.PipeReader(read_end))
         try:
             if step == "metadata":
                 return await checked.metadata()
