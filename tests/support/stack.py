@@ -153,3 +153,83 @@ def running_stack(env: dict[str, str] | None = None, prefix: str = "gh-test-") -
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class ExtraFrontend:
+    """One more `python -m grainhouse_frontend` beside a running stack's own: the same
+    environment (public URL, wildcard host, auth, grainmgr, NATS) but its own HTTP and metrics
+    listeners — two frontends behind a load balancer, the platform's scale-out shape. Its log
+    goes to `<root>/frontend-<port>.log`."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = stack.root / f"frontend-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+
+    def _env(self) -> dict[str, str]:
+        # The first frontend's own environment, as the supervisor planned it.
+        pid = int(self.stack.services()["frontend"]["pid"])
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        # Its parent is the test, not the supervisor (a service exits when that pid is not its
+        # parent); stop() ends it.
+        env.pop("GRAINHOUSE_SUPERVISOR_PID", None)
+        env["GRAINHOUSE_FRONTEND_LISTEN"] = f"127.0.0.1:{self.port}"
+        env["GRAINHOUSE_FRONTEND_METRICS_LISTEN"] = f"127.0.0.1:{_free_port()}"
+        return env
+
+    def start(self, timeout: float = 60) -> None:
+        import urllib.request
+
+        self._out = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "grainhouse_frontend"],
+            stdout=self._out,
+            stderr=self._out,
+            env=self._env(),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(f"the extra frontend exited:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"the extra frontend was not healthy within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+        finally:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+
+
+def _free_port() -> int:
+    try:  # below the ephemeral range, as the supervisor plans its own (tests/support/ports.py)
+        from tests.support.ports import free_port
+    except ImportError:  # pragma: no cover - an older tree without the port planner
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    return free_port()

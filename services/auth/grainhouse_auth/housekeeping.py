@@ -73,6 +73,13 @@ _RULES: tuple[tuple[str, str, str], ...] = (
         " AND g.expires_at < now() - make_interval(secs => %(grace)s))",
     ),
     ("grants", "grants", "expires_at < now() - make_interval(secs => %(grace)s)"),
+    # Origins are kept through the grace period once ended, like sessions: an old tab coming
+    # back to an ended origin is not a guess (rpc_origins.ResolveOrigin).
+    (
+        "origins",
+        "origins",
+        "coalesce(closed_at, idle_expires_at) < now() - make_interval(secs => %(grace)s)",
+    ),
     (
         "rate_limits",
         "rate_limits",

@@ -150,7 +150,12 @@ class SharingRpcs(ServicerBase):
             return auth_pb2.AuthorizeResponse(
                 deny_reason=auth_pb2.DENY_REASON_UNAUTHENTICATED, cache_ttl_seconds=ttl
             )
-        decision = await self.sharing.decide(p, request.grain_id)
+        return await self._decision(p, request.grain_id)
+
+    async def _decision(self, p: Principal, grain_id: str) -> auth_pb2.AuthorizeResponse:
+        """Authorize's answer for a resolved principal (also ResolveOrigin's, rpc_origins.py)."""
+        ttl = self.settings.authorize_cache_seconds
+        decision = await self.sharing.decide(p, grain_id)
         resp = auth_pb2.AuthorizeResponse(principal=convert.principal(p), cache_ttl_seconds=ttl)
         if not decision.allowed or decision.access is None:
             resp.deny_reason = convert.DENY_TO_PB[decision.deny_reason]

@@ -10,9 +10,10 @@ OIDC RPCs answer NOT_FOUND for any provider name, as the contract says for unkno
 
 from grainhouse_auth.rpc_admin import AdminRpcs
 from grainhouse_auth.rpc_logins import LoginRpcs
+from grainhouse_auth.rpc_origins import OriginRpcs
 from grainhouse_auth.rpc_sharing import SharingRpcs
 from grainhouse_auth.rpc_tokens import TokenRpcs
 
 
-class AuthServicer(LoginRpcs, AdminRpcs, TokenRpcs, SharingRpcs):
+class AuthServicer(LoginRpcs, AdminRpcs, TokenRpcs, OriginRpcs, SharingRpcs):
     """All of auth.proto: one RPC group per module, state and caller helpers in service_base."""

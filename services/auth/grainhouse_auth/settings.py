@@ -46,6 +46,11 @@ class AuthSettings(ServiceSettings):
     authorize_cache_seconds: int = Field(
         30, ge=0, description="How long the frontend may cache an Authorize answer."
     )
+    origin_idle_seconds: int = Field(
+        3600,
+        ge=60,
+        description="A grain origin (ui-<id> host) not resolved by any frontend this long ends.",
+    )
     login_free_failures: int = Field(5, ge=0, description="Failures before backoff starts.")
     login_block_after: int = Field(20, gt=0, description="Failures after which a key is blocked.")
     login_block_seconds: int = Field(3600, gt=0, description="How long a blocked key waits.")

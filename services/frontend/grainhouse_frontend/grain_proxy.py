@@ -6,9 +6,10 @@ grain_websocket.py for the frames. What crosses into a grain and back is grain_h
 Owns: the door of grain traffic (which host is which origin, the Origin check, authorization
 on every request with auth's cached decision, the platform's own short answers), the grainmgr
 sessions behind origins and the pool of relay streams.
-Trusts: auth.Authorize for every decision (cached no longer than auth says, dropped on
-revocation events); grainmgr's relay tickets; the ASGI server (uvicorn's httptools or h11
-parser) to have refused CR, LF and NUL in the client's method, target and headers.
+Trusts: auth for every decision (ResolveOrigin for `ui-` origins, Authorize for API-host
+tokens; cached no longer than auth says, dropped on revocation events); grainmgr's relay
+tickets; the ASGI server (uvicorn's httptools or h11 parser) to have refused CR, LF and NUL
+in the client's method, target and headers.
 Never: forwards a platform cookie, an `Authorization` header or a client-sent `X-Sandstorm-*`
 header to a grain; accepts a non-GET request (or any WebSocket handshake) carrying a foreign
 `Origin`; uses httpx on this path (ARCHITECTURE §3: a byte stream and a light HTTP/1.1 client,
@@ -42,7 +43,7 @@ from grainhouse_frontend.grain_headers import CHUNKED_HEAD_END, HeaderRules
 from grainhouse_frontend.grain_upstream import StreamClosed, Upstream
 from grainhouse_frontend.grain_websocket import GrainWebSocket
 from grainhouse_frontend.identity import wait_seconds
-from grainhouse_frontend.origins import Decision, Origin, Origins
+from grainhouse_frontend.origins import Decision, Origin, Origins, decision_from
 from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2, grainmgr_pb2_grpc
 
 log = logging.getLogger("grainhouse.frontend.grain")
@@ -67,6 +68,8 @@ DENY_STATUS = {
     auth_pb2.DENY_REASON_INSUFFICIENT_SCOPE: 403,
 }
 
+
+ENDED = "this grain session has ended: open the grain again"
 
 StreamT = TypeVar("StreamT")
 
@@ -281,9 +284,12 @@ class GrainProxy:
     ) -> Origin:
         what, oid = kind
         if what == "ui":
-            origin = self.origins.get(oid) if oid else None
+            if not oid:
+                raise Denied(404, ENDED)
+            origin = self.origins.get(oid)
             if origin is None:
-                raise Denied(404, "this grain session has ended: open the grain again")
+                # Not known here (made through another frontend, or forgotten): auth's record.
+                origin = await self._resolve(oid)
             return origin
         token = bearer_from(headers)
         if not token:
@@ -325,10 +331,50 @@ class GrainProxy:
         if sent.decode("latin-1").lower() != f"{self.scheme}://{host}".lower():
             raise Denied(403, "cross-origin request refused")
 
+    async def _ask_origin(self, oid: str) -> auth_pb2.ResolveOriginResponse:
+        """auth.ResolveOrigin, its refusals mapped as a `ui-` origin answered before.
+
+        No client_address is sent: an origin id is 128 random bits, so unknown ids are stale
+        tabs, not guesses, and counting them would make a browser's address wait for the
+        platform's other credentials. Repeated asks for one dead id are answered here for a
+        while (Origins.gone)."""
+        if self.origins.is_gone(oid):
+            raise Denied(404, ENDED)
+        try:
+            return await self.auth.ResolveOrigin(
+                auth_pb2.ResolveOriginRequest(origin_id=oid), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                self.origins.drop(oid, gone=True)
+                raise Denied(404, ENDED) from exc
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # only if an address is ever sent
+                wait = wait_seconds(exc.details() or "")
+                raise Denied(429, f"too many attempts: try again in {wait} s", wait) from exc
+            # On any doubt, refuse (auth.proto: errors mean deny).
+            raise Denied(503, "cannot check access right now") from exc
+
+    async def _resolve(self, oid: str) -> Origin:
+        reply = await self._ask_origin(oid)
+        origin = Origin(
+            oid,
+            reply.grain_id,
+            None,
+            tab_id=reply.tab_id,
+            session_type="api"
+            if reply.session_type == auth_pb2.ORIGIN_SESSION_TYPE_API
+            else "normal",
+        )
+        self._apply(origin, reply.decision)
+        return self.origins.add(origin)
+
     async def _decide(self, origin: Origin) -> Decision:
         d = origin.decision
         if d is not None and d.expires > time.monotonic():
             return d
+        if origin.credential is None:  # a `ui-` origin: auth holds its credential
+            return self._apply(origin, (await self._ask_origin(origin.origin_id)).decision)
         try:
             reply = await self.auth.Authorize(
                 auth_pb2.AuthorizeRequest(credential=origin.credential, grain_id=origin.grain_id),
@@ -337,17 +383,15 @@ class GrainProxy:
         except grpc.aio.AioRpcError as exc:
             # On any doubt, refuse (auth.proto: errors mean deny).
             raise Denied(503, "cannot check access right now") from exc
+        return self._apply(origin, reply)
+
+    def _apply(self, origin: Origin, reply: auth_pb2.AuthorizeResponse) -> Decision:
+        """Cache auth's answer on the origin; a refusal ends the origin (auth closed it too)."""
         if not reply.allowed:
             origin.decision = None
             self.origins.drop(origin.origin_id)
             raise Denied(DENY_STATUS.get(reply.deny_reason, 403), "access to this grain ended")
-        decision = Decision(
-            list(reply.permissions),
-            reply.identity,
-            list(reply.grant_chain),
-            reply.principal.credential_id,
-            time.monotonic() + min(reply.cache_ttl_seconds, 30),
-        )
+        decision = decision_from(reply, time.monotonic())
         origin.decision = decision if reply.cache_ttl_seconds else None
         return decision
 

@@ -1,23 +1,41 @@
 """Per-session grain origins: `ui-<id>.<wildcard host>`, one random origin per grain session.
 
-Owns: the table origin id → (credential, grain, grainmgr session, tab), in this process's
-memory, and the parsing of grain hosts (`ui-<id>.…`, `api-<…>.…`).
-Trusts: the platform page that registered an origin (it asked auth.Authorize first).
-Never: hands a credential to anything but auth; outlives its idle timeout.
+Owns: this frontend's cache of origins (origin id → grain, tab, session type, the grainmgr
+session this frontend opened for it, and auth's cached decision), and the parsing of grain
+hosts (`ui-<id>.…`, `api-<…>.…`).
+Trusts: auth as the owner of every `ui-` origin (auth.proto "Grain origins": CreateOrigin makes
+one, ResolveOrigin tells any frontend what it is and whether it may still be used).
+Never: holds the credential a `ui-` origin was opened with (auth keeps it, by id); hands a
+credential to anything but auth; keeps an origin past its idle timeout.
+
+Shared by every frontend: the record lives in auth's database, so an origin opened through one
+frontend is served by any other behind the same load balancer (no sticky routing). A frontend
+that does not know an origin asks auth.ResolveOrigin once, and after that only when its cached
+decision expires (at most auth's TTL, 30 s) or a revocation event drops it — exactly the calls
+Authorize cost before, so the cached path makes no extra call. A refusal closes the origin in
+auth, for every frontend. The idle timeout is auth's (origin_idle_seconds); the local
+IDLE_SECONDS only bounds this cache's memory: a forgotten entry is asked for again.
+
+The grainmgr session behind an origin stays per frontend: each frontend opens its own session
+for an origin on first use (OpenSession) and keeps its own pool of relay streams. That costs
+one OpenSession per frontend and origin, and keeps grainmgr session ids (and stream keys) out of
+auth and off the network between frontends; grainmgr ends a session nobody uses.
+
+API-host origins (`api-…`, grain API tokens) are not auth records: the client sends its token
+with every request, so each frontend keys them by the token's hash and asks Authorize with it.
 
 Why the id is the capability: a browser never sends platform cookies to a `ui-` host (they are
 host-only cookies of the platform origin), so the origin itself must name the session. The id is
-128 random bits, valid only while used (idle expiry), and every request through it is authorized
-again by auth (cached at most auth's TTL, dropped at once on a revocation event) — revoking the
-underlying grant or logging out closes the origin. Grain responses carry `Referrer-Policy:
-no-referrer` so the host does not leak to third parties through links.
-TODO(someday): several frontends need sticky routing by host, or this table in NATS KV.
+128 random bits made by auth (stored there as a SHA-256 only), valid only while used (idle
+expiry), and every request through it is authorized again by auth (cached at most auth's TTL,
+dropped at once on a revocation event) — revoking the underlying grant or logging out closes the
+origin. Grain responses carry `Referrer-Policy: no-referrer` so the host does not leak to third
+parties through links.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -25,7 +43,9 @@ from grainhouse_proto import auth_pb2
 
 IDLE_SECONDS = 3600.0
 MAX_ORIGINS = 50_000
-_ID = re.compile(r"^[a-z0-9]{20,40}$")
+_ID = re.compile(r"[0-9a-f]{32}")  # auth.proto CreateOriginResponse.origin_id
+GONE_SECONDS = 10.0
+MAX_GONE = 10_000
 
 
 @dataclass
@@ -41,7 +61,9 @@ class Decision:
 class Origin:
     origin_id: str
     grain_id: str
-    credential: auth_pb2.Credential
+    # Only for API-host origins (the request's own grain API token); None for `ui-` origins,
+    # whose credential auth keeps.
+    credential: auth_pb2.Credential | None
     tab_id: str
     session_type: str = "normal"  # or "api"
     grainmgr_session: str = ""
@@ -51,9 +73,15 @@ class Origin:
     user_agent: str = ""
 
 
-def new_origin_id() -> str:
-    # base32 lowercase: valid in a DNS label, case-insensitive as hosts are.
-    return secrets.token_hex(16)
+def decision_from(reply: auth_pb2.AuthorizeResponse, now: float) -> Decision:
+    """The cached form of an allowed AuthorizeResponse (expires after auth's TTL, 30 s at most)."""
+    return Decision(
+        list(reply.permissions),
+        reply.identity,
+        list(reply.grant_chain),
+        reply.principal.credential_id,
+        now + min(reply.cache_ttl_seconds, 30),
+    )
 
 
 class Origins:
@@ -61,6 +89,9 @@ class Origins:
         # "*.localhost:6080" → suffix ".localhost:6080"
         self.suffix = wildcard_host.removeprefix("*").lower()
         self._table: dict[str, Origin] = {}
+        # Ids auth just called unknown or ended → until when to answer so without asking again
+        # (an old tab polling a dead origin costs auth one call per GONE_SECONDS).
+        self._gone: dict[str, float] = {}
 
     def url(self, origin_id: str, scheme: str) -> str:
         return f"{scheme}://ui-{origin_id}{self.suffix}"
@@ -79,7 +110,7 @@ class Origins:
             label = host[: -len(bare)]
         else:
             label = host[: -len(self.suffix)]
-        if label.startswith("ui-") and _ID.match(label[3:]):
+        if label.startswith("ui-") and _ID.fullmatch(label[3:]):
             return "ui", label[3:]
         if label == "api" or label.startswith("api-"):
             return "api", ""
@@ -106,8 +137,24 @@ class Origins:
         origin.last_used = now
         return origin
 
-    def drop(self, origin_id: str) -> None:
+    def drop(self, origin_id: str, gone: bool = False) -> None:
+        """Forget an origin; `gone` = auth said it is unknown or ended (remember that briefly)."""
         self._table.pop(origin_id, None)
+        if gone:
+            now = time.monotonic()
+            if len(self._gone) >= MAX_GONE:
+                self._gone = {k: t for k, t in self._gone.items() if t > now}
+            if len(self._gone) < MAX_GONE:
+                self._gone[origin_id] = now + GONE_SECONDS
+
+    def is_gone(self, origin_id: str) -> bool:
+        until = self._gone.get(origin_id)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._gone[origin_id]
+            return False
+        return True
 
     def expire(self) -> None:
         now = time.monotonic()

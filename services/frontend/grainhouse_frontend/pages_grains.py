@@ -8,7 +8,6 @@ Never: frames a grain the viewer may not open; shows a share link's secret twice
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import grpc
@@ -17,7 +16,6 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind, from_rpc_error
 from grainhouse_frontend.identity import client_address
-from grainhouse_frontend.origins import Origin, new_origin_id
 from grainhouse_frontend.page_base import (
     CHUNK,
     MAX_PACKAGE_BYTES,
@@ -233,12 +231,21 @@ class GrainPages(UiBase):
         )
         return reply if reply.allowed else None
 
-    def open_origin(self, grain_id: str, credential: auth_pb2.Credential) -> str:
-        origin = self.d.origins.add(
-            Origin(new_origin_id(), grain_id, credential, tab_id=secrets.token_hex(8))
+    async def open_origin(
+        self, grain_id: str, credential: auth_pb2.Credential, address: str = ""
+    ) -> str:
+        """A new `ui-` origin for this grain session, made and kept by auth (origins.py)."""
+        made = await self.d.auth.CreateOrigin(
+            auth_pb2.CreateOriginRequest(
+                credential=credential,
+                grain_id=grain_id,
+                session_type=auth_pb2.ORIGIN_SESSION_TYPE_NORMAL,
+                client_address=address,
+            ),
+            timeout=5,
         )
         scheme = self.d.public_url.split("://", 1)[0]
-        return self.d.origins.url(origin.origin_id, scheme) + "/"
+        return self.d.origins.url(made.origin_id, scheme) + "/"
 
     async def _grain_page(
         self,
@@ -261,13 +268,14 @@ class GrainPages(UiBase):
         )
         if grain.state == grainmgr_pb2.GRAIN_STATE_TRASHED:
             return self.message(request, user, "In the trash", "This grain is in the trash.", 410)
+        frame_url = await self.open_origin(grain_id, credential, client_address(request))
         return self.render(
             request,
             "grain.html",
             user,
             grain=grain,
             title=grain.title,
-            frame_url=self.open_origin(grain_id, credential),
+            frame_url=frame_url,
             is_owner=decision.is_owner,
             can_share=user is not None,
         )

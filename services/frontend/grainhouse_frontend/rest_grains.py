@@ -7,7 +7,6 @@ Never: tells a caller without access whether a grain exists (404 for both).
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -15,8 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from grainhouse_common.errors import GrainhouseError, Kind
-from grainhouse_frontend.identity import Caller
-from grainhouse_frontend.origins import Origin, new_origin_id
+from grainhouse_frontend.identity import Caller, client_address
 from grainhouse_frontend.problem import problem
 from grainhouse_frontend.rest_io import (
     created,
@@ -220,13 +218,20 @@ def routes(deps: Deps) -> list[ApiRoute]:
     async def open_session(request: Request, caller: Caller) -> Response:
         grain_id = request.path_params["grain_id"]
         await authorize(caller, grain_id)
-        assert deps.origins is not None
-        origin = deps.origins.add(
-            Origin(new_origin_id(), grain_id, cred(caller), tab_id=secrets.token_hex(8))
+        assert deps.origins is not None and deps.auth is not None
+        # The origin is auth's record (shared by every frontend): see origins.py.
+        made = await deps.auth.CreateOrigin(
+            auth_pb2.CreateOriginRequest(
+                credential=cred(caller),
+                grain_id=grain_id,
+                session_type=auth_pb2.ORIGIN_SESSION_TYPE_NORMAL,
+                client_address=client_address(request),
+            ),
+            timeout=5,
         )
         scheme = deps.public_url.split("://", 1)[0]
         return created(
-            {"url": deps.origins.url(origin.origin_id, scheme) + "/", "grain_id": grain_id},
+            {"url": deps.origins.url(made.origin_id, scheme) + "/", "grain_id": grain_id},
             f"/api/v1/grains/{grain_id}",
         )
 

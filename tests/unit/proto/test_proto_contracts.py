@@ -55,7 +55,7 @@ EXPECTED_RPCS = {
         "RevokeGrant", "ChangeGrantRole", "CreateGrainApiToken", "Authorize", "RegisterGrain",
         "ForgetGrain",
         "SetAccountDisabled", "ListInvitations", "RevokeInvitation", "ListSharedGrains",
-        "SetAccountVisitor",
+        "SetAccountVisitor", "CreateOrigin", "ResolveOrigin",
     },
     "GrainManager": {
         "InstallPackage", "ListPackages", "GetPackage", "UninstallPackage", "CreateGrain",

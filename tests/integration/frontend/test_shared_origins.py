@@ -1,0 +1,125 @@
+"""Grain origins are auth's, shared by every frontend: a second frontend process beside the
+stack's own (same auth, grainmgr and NATS, its own port: two frontends behind a load balancer)
+serves an origin opened through the first, and a logout or a revoked share closes it on both."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.stack import ExtraFrontend
+
+from .harness import Client, Stack, make_token, sign_up
+from .test_grain_origins import origin_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
+
+
+@pytest.fixture(scope="module")
+def second(stack: Stack) -> Iterator[ExtraFrontend]:
+    extra = ExtraFrontend(stack)
+    extra.start()
+    try:
+        yield extra
+    finally:
+        extra.stop()
+
+
+@pytest.fixture(scope="module")
+def grain(probe_app: dict[str, Any], admin_api: Client) -> str:
+    made = admin_api.api("POST", "/grains", {"app_id": probe_app["app_id"], "title": "Shared"})
+    return str(made.json()["id"])
+
+
+def through(client: Client, frontend_url: str, origin_url: str, path: str = "whoami") -> Any:
+    """GET `origin_url + path` sent to `frontend_url`'s listener, with the origin's Host (what a
+    load balancer in front of both frontends does)."""
+    host = origin_url.split("/")[2]
+    port = frontend_url.rsplit(":", 1)[1]
+    return client.get(f"http://127.0.0.1:{port}/{path}", host=host)
+
+
+def eventually(check: Any, what: str, timeout: float = 45) -> None:
+    """Revocation events reach the other frontend over NATS: wait for it, never for a time."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_an_origin_opened_on_one_frontend_serves_on_the_other(
+    admin: Client, grain: str, stack: Stack, second: ExtraFrontend
+) -> None:
+    url = origin_of(admin, grain)  # made through the stack's frontend
+    on_b = through(admin, second.url, url)
+    assert on_b.status == 200, on_b.text
+    on_a = through(admin, stack.url, url)
+    assert on_a.status == 200, on_a.text
+    seen_b, seen_a = on_b.json()["headers"], on_a.json()["headers"]
+    # One origin record: the same tab, the same identity, the same base path on both.
+    for name in ("x-sandstorm-tab-id", "x-sandstorm-user-id", "x-sandstorm-base-path"):
+        assert seen_b[name] == seen_a[name], name
+    assert seen_b["x-sandstorm-base-path"] == url.rstrip("/")
+    assert seen_b["x-sandstorm-username"] == "Ada%20Admin"
+    # An origin opened on the second frontend (REST sessions too) serves on the first.
+    token = make_token(admin, scope="read")
+    made = Client(second.url, token=token).api("POST", f"/grains/{grain}/sessions")
+    assert made.status == 201, made.text
+    assert through(admin, stack.url, made.json()["url"]).status == 200
+
+
+def test_logout_closes_the_origin_on_both_frontends(
+    stack: Stack, admin: Client, probe_app: dict[str, Any], second: ExtraFrontend
+) -> None:
+    user = sign_up(stack, admin, "Lou Logout", "lou@example.org")
+    made = user.form(f"/apps/{probe_app['app_id']}/new", {"title": "Lou's"}, csrf_from="/apps")
+    assert made.status == 303, made.text[:300]
+    grain_id = made.headers["location"].rsplit("/", 1)[1]
+    url = origin_of(user, grain_id)
+    assert through(user, stack.url, url).status == 200
+    assert through(user, second.url, url).status == 200
+    assert user.form("/logout", {}, csrf_from="/account").status == 303
+    # Both frontends had the decision cached: the revocation event drops it on each, and auth
+    # refuses the ended session (first a 401, then the origin is gone: 404 as an unknown one).
+    eventually(
+        lambda: through(user, second.url, url).status in (401, 404), "B still serves after logout"
+    )
+    eventually(
+        lambda: through(user, stack.url, url).status in (401, 404), "A still serves after logout"
+    )
+    assert through(user, second.url, url).status == 404
+    assert through(user, stack.url, url).status == 404
+
+
+def test_revoking_a_share_closes_the_guest_origin_on_both_frontends(
+    stack: Stack, admin_api: Client, grain: str, second: ExtraFrontend
+) -> None:
+    link = admin_api.api("POST", f"/grains/{grain}/shares", {"role": "viewer"}).json()
+    guest = Client(stack.url)
+    page = guest.get(link["url"])
+    assert page.status == 200, page.text[:300]
+    found = re.search(r'src="(http://ui-[0-9a-f]{32}\.localhost:\d+/)"', page.text)
+    assert found
+    url = found.group(1)
+    on_b = through(guest, second.url, url)
+    assert on_b.status == 200 and on_b.json()["headers"]["x-sandstorm-permissions"] == "view"
+    assert through(guest, stack.url, url).status == 200
+    assert admin_api.api("DELETE", f"/grants/{link['grant']['id']}").status == 200
+    eventually(lambda: through(guest, second.url, url).status != 200, "B still serves the guest")
+    eventually(lambda: through(guest, stack.url, url).status != 200, "A still serves the guest")
+    assert through(guest, second.url, url).status == 404
+    assert through(guest, stack.url, url).status == 404
+
+
+def test_unknown_origins_get_the_same_answer_on_both(stack: Stack, second: ExtraFrontend) -> None:
+    port = stack.url.rsplit(":", 1)[1]
+    c = Client(stack.url)
+    for frontend in (stack.url, second.url):
+        for oid in ("0" * 32, "f" * 32, "short"):
+            reply = through(c, frontend, f"http://ui-{oid}.localhost:{port}/", "")
+            assert reply.status == 404, (frontend, oid, reply.text)
+            assert "this grain session has ended" in reply.text
