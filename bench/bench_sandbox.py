@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grainhouse_grainmgr import seccomp_policy
+from grainhouse_grainmgr import seccomp_compiler
 from grainhouse_grainmgr.launcher import Launcher, LauncherSettings, SpawnSpec
 
 SERVER = """
@@ -134,7 +134,7 @@ async def bench(rounds: int) -> dict[str, object]:
     var.mkdir()
     (pkg / "server.py").write_text(SERVER)
     launcher = Launcher.start(LauncherSettings(allowed_roots=(str(root),), cgroup_name="gh-bench"))
-    program = seccomp_policy.compile_filter()
+    program = seccomp_compiler.compile_filter()
     times: dict[str, list[float]] = {
         k: []
         for k in (

@@ -114,9 +114,9 @@ class Launcher:
         program = None
         if settings.seccomp:
             try:
-                from grainhouse_grainmgr import seccomp_policy
+                from grainhouse_grainmgr import seccomp_compiler
 
-                program = seccomp_policy.compile_filter()
+                program = seccomp_compiler.compile_filter()
             except Exception as exc:
                 raise SandboxError("unavailable", f"compiling the seccomp filter: {exc}") from exc
         runtime_dir = settings.runtime_dir or tempfile.mkdtemp(prefix="grainhouse-launcher-")

@@ -10,30 +10,30 @@ from pathlib import Path
 
 import pytest
 
-from grainhouse_grainmgr import seccomp_policy
+from grainhouse_grainmgr import seccomp_compiler
 
 # Runs in a fresh interpreter: optionally load the filter, then run one probe and print JSON.
 PROBE_CHILD = """
 import json, sys
-from grainhouse_grainmgr import seccomp_policy, syscall_probe
+from grainhouse_grainmgr import seccomp_loader, syscall_probe
 filter_path, name = sys.argv[1], sys.argv[2]
 if filter_path != "-":
     with open(filter_path, "rb") as f:
         program = f.read()
-    seccomp_policy.set_no_new_privs()
-    seccomp_policy.install_filter(program)
+    seccomp_loader.set_no_new_privs()
+    seccomp_loader.install_filter(program)
 print(json.dumps(syscall_probe.run([name])[name]))
 """
 
 # Loads the filter, then execs the given command: the filter is inherited across exec.
 EXEC_CHILD = """
 import os, sys, time
-from grainhouse_grainmgr import seccomp_policy
+from grainhouse_grainmgr import seccomp_loader
 with open(sys.argv[1], "rb") as f:
     program = f.read()
-seccomp_policy.set_no_new_privs()
+seccomp_loader.set_no_new_privs()
 started = time.perf_counter()
-seccomp_policy.install_filter(program)
+seccomp_loader.install_filter(program)
 elapsed = time.perf_counter() - started
 os.write(2, f"install_filter took {elapsed * 1e6:.0f} us\\n".encode())
 os.execv(sys.argv[2], sys.argv[2:])
@@ -46,7 +46,7 @@ FilteredRunner = Callable[..., subprocess.CompletedProcess[str]]
 @pytest.fixture(scope="session")
 def filter_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("seccomp") / "grain.bpf"
-    path.write_bytes(seccomp_policy.compile_filter())
+    path.write_bytes(seccomp_compiler.compile_filter())
     return path
 
 

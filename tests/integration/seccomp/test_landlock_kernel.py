@@ -154,12 +154,12 @@ def test_rights_follow_the_abi() -> None:
 # The launcher's order: Landlock on the final tree, then the seccomp filter, then exec.
 SANDBOX_ORDER = """
 import os, sys
-from grainhouse_grainmgr import landlock, seccomp_policy
+from grainhouse_grainmgr import landlock, seccomp_compiler, seccomp_loader
 ro, rw, outside = sys.argv[1:4]
-program = seccomp_policy.compile_filter()
+program = seccomp_compiler.compile_filter()
 runtime = [p for p in ("/usr", "/bin", "/lib", "/lib64") if os.path.exists(p)]
 assert landlock.restrict([ro, *runtime], [rw, "/dev/null"])
-seccomp_policy.install_filter(program)
+seccomp_loader.install_filter(program)
 os.execv("/bin/sh", ["sh", "-c",
     f"cat {ro}/file > {rw}/copy && cat {outside}/file 2>/dev/null; echo rc=$?"])
 """

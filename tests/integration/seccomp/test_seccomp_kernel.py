@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from grainhouse_grainmgr import seccomp_policy
+from grainhouse_grainmgr import seccomp_compiler
 from grainhouse_grainmgr.syscall_probe import EXPECTED_UNDER_FILTER, KERNEL_EPERM_WITHOUT_ROOT
 
 pytestmark = pytest.mark.integration
@@ -263,9 +263,9 @@ def test_uvicorn_on_uvloop_serves_http(run_filtered: FilteredRunner) -> None:
 
 def test_install_cost_is_reported(run_filtered: FilteredRunner) -> None:
     # Printed, not asserted: timings on a shared 2-core CI machine are noise.
-    seccomp_policy.compile_filter.cache_clear()
+    seccomp_compiler.compile_filter.cache_clear()
     started = time.perf_counter()
-    program = seccomp_policy.compile_filter()
+    program = seccomp_compiler.compile_filter()
     compile_ms = (time.perf_counter() - started) * 1e3
     done = run_filtered(["/bin/true"])
     assert done.returncode == 0, done.stderr

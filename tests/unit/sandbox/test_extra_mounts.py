@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grainhouse_grainmgr.sandbox import _extra_target
+from grainhouse_grainmgr.sandbox_layout import _extra_target
 
 pytestmark = pytest.mark.unit
 

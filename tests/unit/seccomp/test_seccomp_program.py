@@ -16,6 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from grainhouse_grainmgr import seccomp_compiler as compiler
+from grainhouse_grainmgr import seccomp_loader as loader
 from grainhouse_grainmgr import seccomp_policy as policy
 from grainhouse_grainmgr import syscall_probe
 
@@ -31,7 +33,7 @@ def errno_ret(number: int) -> int:
 
 
 def run_bpf(
-    program: bytes, nr: int, args: tuple[int, ...] = (), arch: int = policy.AUDIT_ARCH_X86_64
+    program: bytes, nr: int, args: tuple[int, ...] = (), arch: int = compiler.AUDIT_ARCH_X86_64
 ) -> int:
     """Evaluate the classic-BPF opcodes the compiler emits over a struct seccomp_data."""
     full = (*args, *(0,) * (6 - len(args)))
@@ -64,17 +66,17 @@ def run_bpf(
 
 @pytest.fixture(scope="module")
 def program() -> bytes:
-    return policy.compile_filter()
+    return compiler.compile_filter()
 
 
 @pytest.fixture(scope="module")
 def numbers() -> dict[str, int]:
-    return policy.syscall_numbers()
+    return compiler.syscall_numbers()
 
 
 def test_compile_is_deterministic_and_well_formed(program: bytes) -> None:
-    policy.compile_filter.cache_clear()
-    again = policy.compile_filter()
+    compiler.compile_filter.cache_clear()
+    again = compiler.compile_filter()
     assert again == program
     assert len(program) % 8 == 0
     assert 0 < len(program) // 8 <= 4096
@@ -117,7 +119,7 @@ def test_foreign_architectures_answer_enosys(program: bytes, numbers: dict[str, 
         assert run_bpf(program, nr, arch=0xC00000B7) == errno_ret(errno.ENOSYS)  # aarch64
     # x32 numbers carry bit 30 and come in through the x86-64 entry point.
     for name in ("getpid", "read", "clone", "ioctl", "mount"):
-        nr = policy.X32_SYSCALL_BIT | numbers[name]
+        nr = compiler.X32_SYSCALL_BIT | numbers[name]
         assert run_bpf(program, nr) == errno_ret(errno.ENOSYS), name
 
 
@@ -206,7 +208,7 @@ def test_probe_expectations_match_the_program(program: bytes, numbers: dict[str,
     simple = {
         name: name
         for name in syscall_probe.EXPECTED_UNDER_FILTER
-        if name in numbers and policy.decisions()[name] != "args"
+        if name in numbers and compiler.decisions()[name] != "args"
     }
     assert len(simple) >= 15
     for probe, name in simple.items():
@@ -215,7 +217,7 @@ def test_probe_expectations_match_the_program(program: bytes, numbers: dict[str,
 
 
 def test_policy_groups_are_explained_and_disjoint() -> None:
-    table = policy.decisions()  # raises PolicyError on a name listed twice
+    table = compiler.decisions()  # raises PolicyError on a name listed twice
     assert len(table) > 300
     for group in (*policy.ALLOWED, *policy.PRIVILEGED, *policy.NOT_PROVIDED):
         assert len(group.why) > 40, group.name
@@ -243,15 +245,15 @@ def test_docs_cover_every_group_and_call() -> None:
 @pytest.mark.parametrize("bad", [b"", b"\x00" * 7, b"\x00" * 12, b"\x06\x00\x00\x00" * 2 * 4097])
 def test_install_rejects_malformed_programs_before_the_kernel(bad: bytes) -> None:
     with pytest.raises(ValueError):
-        policy.install_filter(bad)
+        loader.install_filter(bad)
 
 
 def test_a_foreign_host_gets_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real thing cannot run here (this is an x86-64 machine), so pretend to be aarch64.
-    policy.compile_filter.cache_clear()
-    monkeypatch.setattr(policy.platform, "machine", lambda: "aarch64")
+    compiler.compile_filter.cache_clear()
+    monkeypatch.setattr(compiler.platform, "machine", lambda: "aarch64")
     try:
         with pytest.raises(policy.UnsupportedArchitectureError, match="aarch64"):
-            policy.compile_filter()
+            compiler.compile_filter()
     finally:
-        policy.compile_filter.cache_clear()
+        compiler.compile_filter.cache_clear()
