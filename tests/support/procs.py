@@ -24,6 +24,20 @@ def parents() -> dict[int, int]:
     return out
 
 
+def is_grain_init(pid: int) -> bool:
+    """PID 1 of a pid namespace below ours: a grain's init, which is its bridge (run in the
+    init itself, so its command line is the fork server's, not bridge.py's)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            return len(ids) >= 2 and ids[-1] == "1"
+    return False
+
+
 def grain_processes(grainmgr_pid: int) -> list[tuple[int, int]]:
     """(bridge pid, its parent) for every grain of this grainmgr. The parent is the launcher's
     per-grain process outside the sandbox, which lives as long as the grain."""
@@ -36,12 +50,4 @@ def grain_processes(grainmgr_pid: int) -> list[tuple[int, int]]:
                 return True
         return False
 
-    found = []
-    for pid, parent in tree.items():
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(arg.endswith(b"/bridge.py") for arg in args) and ours(pid):
-            found.append((pid, parent))
-    return found
+    return [(pid, parent) for pid, parent in tree.items() if is_grain_init(pid) and ours(pid)]

@@ -69,12 +69,13 @@ if __name__ == "__main__":
 import array
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 KEY_BYTES = 32
 KEY_TTL_SECONDS = 30.0
@@ -366,6 +367,8 @@ def load_capnp(package_dir: str) -> Any:
     Not via sys.path: Landlock lets the grain read the package directory but not list its
     parent (site-packages), and Python's path finder needs to list the parent.
     """
+    if "capnp" in sys.modules:  # run in the init: the fork server imported it before forking
+        return sys.modules["capnp"]
     spec = importlib.util.spec_from_file_location(
         "capnp", os.path.join(package_dir, "__init__.py"), submodule_search_locations=[package_dir]
     )
@@ -413,6 +416,43 @@ async def serve(config: dict[str, Any]) -> int:
     reap(grain)
     status = grain.app.exit_status
     return 0 if grain.shutting_down else (status if status and status > 0 else 1)
+
+
+def run_in_init(env: dict[str, str], child_pid: int) -> NoReturn:
+    """Be the bridge in this process (the grain's init, sandboxed and locked down already),
+    instead of exec'ing a fresh interpreter: the fork server imported this module, asyncio
+    and pycapnp before it forked, so the bridge is ready in milliseconds and its start no
+    longer competes with the app's for the CPU. `env` is what the exec would have got; the
+    app (started by the init) is `child_pid`, 0 if none. Never returns.
+
+    The process image is the fork server's: the init made itself non-dumpable before calling
+    this, so the app (same uid, no capabilities) cannot read it through /proc/1 (mem, maps).
+    Nothing may be imported here that the fork server did not import: the interpreter's own
+    files are not in the grain.
+    """
+    global EARLY_PID
+    code = 1
+    try:
+        # What an interpreter's own start would have set (the sandbox reset every signal).
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        # The fork server runs without the collector; ours must run (asyncio and pycapnp make
+        # cycles), but never over the inherited objects: freezing them keeps their pages
+        # shared with the fork server, and none of them is ever finalized here.
+        gc.freeze()
+        gc.enable()
+        os.environ.clear()
+        os.environ.update(env)
+        EARLY_PID = child_pid
+        code = main()
+    except BaseException as exc:  # PID 1 reports and exits, whatever it was
+        with contextlib.suppress(Exception):
+            say(f"the bridge failed: {type(exc).__name__}: {exc}")
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    os._exit(code)
 
 
 def main() -> int:

@@ -249,6 +249,20 @@ class ForkServer(SpawnMixin, GrainsMixin):
             self.cgroups.remove_parents()
 
 
+def _preload_bridge() -> None:
+    """Import the bridge (asyncio, pycapnp, splice) once, here: every grain's init is a fork
+    of this process and becomes its bridge without an interpreter start of its own
+    (SpawnSpec.bridge_in_process). Without pycapnp here, grains exec the bridge as before."""
+    try:
+        import capnp  # noqa: F401 - preloaded for the bridge (bridge.load_capnp finds it)
+
+        from grainhouse_grainmgr import bridge
+    except ImportError as exc:
+        print(f"fork server: the bridge runs exec'd (no preload: {exc})", file=sys.stderr)
+        return
+    sandbox_init.RUN_BRIDGE = bridge.run_in_init
+
+
 def main(argv: list[str]) -> int:
     sock_fd, parent = int(argv[1]), int(argv[2])
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)  # grainmgr gone -> us gone -> grains gone
@@ -258,6 +272,7 @@ def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sc.cap_last_cap()  # read once here, not in every child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to grainmgr, which closes us
+    _preload_bridge()
     # Every child is a fork of this process: keep the collector from touching (and so
     # copying) every inherited page in each child.
     gc.disable()

@@ -102,6 +102,7 @@ class SpawnMixin(SparesMixin):
             var_read_only=over_quota,
             child_argv=spec.child_argv,
             child_env=spec.child_env,
+            bridge_in_process=spec.bridge_in_process,
         )
         if spare is not None:
             data, plan_fds = sandbox_plan.plan_to_wire(plan)

@@ -27,7 +27,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,9 @@ class Running:
     recorded: asyncio.Future[None] | None = None
     used_at: dt.datetime | None = None  # last_used_at as that write sets it
     row: GrainRow | None = None  # as read at the start, under the grain's lock
+    # The starter's own session, opened on the bridge while the app starts: (session id, the
+    # newSession call). open_session takes it instead of calling newSession after the start.
+    early: tuple[str, asyncio.Future[Any]] | None = None
 
     async def settled(self) -> None:
         """The start's own write is done (or failed: then a later write repairs the row)."""
@@ -134,12 +137,16 @@ STEP_NAMES = (
     ("ready", "marked ready (the state=running write overlaps the session step)"),
     ("session", "session opened on the bridge, ticket issued"),
 )
+# Not in order with the steps above: when the starter's session was open on the bridge (it is
+# opened while the app starts, so usually before `listening`).
+EARLY_STEP = "opened"
 
 
 def steps_line(grain_id: str, steps: dict[str, float]) -> str:
     """`start steps <grain> at=<monotonic s> checked=<ms> spawned=<ms> ...` (ms since `in`)."""
     t0 = steps["in"]
-    parts = [f"{name}={(steps[name] - t0) * 1000:.1f}" for name, _ in STEP_NAMES if name in steps]
+    names = [name for name, _ in STEP_NAMES] + [EARLY_STEP]
+    parts = [f"{name}={(steps[name] - t0) * 1000:.1f}" for name in names if name in steps]
     return f"{START_STEPS} {grain_id} at={t0:.4f} {' '.join(parts)}"
 
 
@@ -335,14 +342,20 @@ class Grains:
     # -- start --------------------------------------------------------------------------------
 
     async def ensure_running(
-        self, grain_id: str, started: float = 0.0, record_later: bool = False
+        self,
+        grain_id: str,
+        started: float = 0.0,
+        record_later: bool = False,
+        first_session: dict[str, Any] | None = None,
     ) -> Running:
         """Start the grain unless it runs; N concurrent callers start exactly one process.
 
         The grain's row says "running" on return, unless `record_later`: then the write may
         still be in flight (`Running.recorded`, which the caller must await) so that the
         caller's own work overlaps it. `started` (monotonic) is when the caller's request
-        came in: the start's steps are logged relative to it.
+        came in: the start's steps are logged relative to it. `first_session`: the caller's
+        session parameters (with its sessionId); if this call starts the grain, that session is
+        opened on the bridge while the app starts (`Running.early`).
 
         While an export holds the grain still (frozen, or stopped and kept from starting),
         callers wait up to EXPORT_WAIT_SECONDS for it to end, then get UNAVAILABLE."""
@@ -361,7 +374,7 @@ class Grains:
                 async with self.lock(grain_id):
                     running = self.running.get(grain_id)
                     if running is None or not running.ready or running.stopping:
-                        running = await self._start(grain_id, started)
+                        running = await self._start(grain_id, started, first_session)
             except GrainhouseError as exc:
                 if exc.kind == Kind.NOT_FOUND and grain_id not in self.running:
                     self._locks.pop(grain_id, None)  # no lock kept per unknown id
@@ -370,11 +383,15 @@ class Grains:
             await asyncio.shield(running.recorded)
         return running
 
-    async def _start(self, grain_id: str, started: float = 0.0) -> Running:
+    async def _start(
+        self, grain_id: str, started: float = 0.0, first_session: dict[str, Any] | None = None
+    ) -> Running:
         with metrics.grains_starting.track_inprogress():  # down again however the start ends
-            return await self._start_tracked(grain_id, started or time.monotonic())
+            return await self._start_tracked(grain_id, started or time.monotonic(), first_session)
 
-    async def _start_tracked(self, grain_id: str, started: float) -> Running:
+    async def _start_tracked(
+        self, grain_id: str, started: float, first_session: dict[str, Any] | None
+    ) -> Running:
         steps = {"in": started}
         app_id = self._app_ids.get(grain_id)
         current: Any = None
@@ -439,6 +456,7 @@ class Grains:
             if config["argv"][:1] and config["argv"][0][:1] == "/"
             else [],
             child_env=app_env(config),
+            bridge_in_process=True,
         )
         # The "starting" write runs while the sandbox is built (it is awaited below, before
         # anything else is written: writes to one grain's row stay in order).
@@ -478,6 +496,12 @@ class Grains:
         running.watcher = asyncio.create_task(self._watch(running))
         try:
             await bridge.connect()
+            if first_session is not None:
+                # newSession needs only the bridge, not the app: it overlaps the app's start
+                # instead of following it (its reply waits in the future until taken).
+                early = asyncio.ensure_future(bridge.new_session(first_session))
+                early.add_done_callback(lambda _: steps.setdefault(EARLY_STEP, time.monotonic()))
+                running.early = (first_session["sessionId"], early)
             await asyncio.wait_for(
                 self._until_listening(bridge), self.settings.start_timeout_seconds
             )
@@ -488,12 +512,14 @@ class Grains:
             metrics.grain_starts.labels(result="timeout").inc()
             metrics.spawn_failed("never_listened" if reason == "start timeout" else "app_exited")
             running.failure = reason
+            self._drop_early(running)
             await self.kill(running, reason)
             raise GrainhouseError(
                 Kind.UNAVAILABLE, f"the app did not start ({reason}); retry later"
             ) from exc
         except BaseException:  # the "starting" write failed, or we were cancelled
             running.failure = "start failed"
+            self._drop_early(running)
             await self.kill(running, "start failed")
             raise
         metrics.start_seconds.observe(time.monotonic() - t0)
@@ -513,6 +539,15 @@ class Grains:
         running.ready = True
         running.touch()
         return running
+
+    @staticmethod
+    def _drop_early(running: Running) -> None:
+        """Forget the starter's early session of a failed start (its error is not the news)."""
+        if running.early is not None:
+            early, running.early = running.early[1], None
+            early.cancel()
+            if early.done() and not early.cancelled():
+                early.exception()  # retrieved: no "exception was never retrieved" warning
 
     async def _package_for_start(self, row: GrainRow, current: Any = None) -> Any:
         """The app's current version (grains move up at start), else the grain's own."""
@@ -699,20 +734,26 @@ class Grains:
             row = await self.get(grain_id)
             if row.trashed_at is not None:
                 raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
-        running = await self.ensure_running(grain_id, started, record_later=True)
+        session_id = new_session_id()
+        params = {**params, "sessionId": session_id}
+        running = await self.ensure_running(
+            grain_id, started, record_later=True, first_session=params
+        )
         if row is None:
             # Not running a moment ago: the start read the row (and refused a trashed grain)
             # under the grain's lock; no second read on the way to the first byte.
             row = running.row or await self.get(grain_id)
-        session_id = new_session_id()
-        params = {**params, "sessionId": session_id}
         steps, running.steps = running.steps, None  # set until a cold start's first session
+        opening: Awaitable[Any]
+        if running.early is not None and running.early[0] == session_id:
+            opening, running.early = running.early[1], None  # this call started the grain
+        else:
+            opening = running.bridge.new_session(params)
         # The bridge call and the row's write (a cold start's state=running) overlap; the
         # reply's row is the one read above with what this call and the start changed (no
         # second read on the way to the first byte).
         handle, used = await asyncio.gather(
-            running.bridge.new_session(params),
-            self._touch_row(running, first=steps is not None),
+            opening, self._touch_row(running, first=steps is not None)
         )
         running.sessions[session_id] = Session(session_id, grain_id, handle)
         running.touch()

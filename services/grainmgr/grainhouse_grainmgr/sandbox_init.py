@@ -7,10 +7,12 @@ read-only root, rlimits, capabilities, no_new_privs, Landlock, seccomp (last), t
 optional child and the exec.
 Trusts: the `Layout` built at launcher start; the `Plan` (from the fork server, directly or
 over a spare's socket); `admission` for the package and storage paths (re-checked by fd).
-Never: returns (it reports on the report pipe and exits 127, or execs); runs Python code
-after the seccomp filter is loaded, except `posix_spawn` of the child and `execve`; imports
-a module in the child that the fork server did not import first (`seccomp_installer` and
-Landlock are imported at fork-server start).
+Never: returns (it reports on the report pipe and exits 127, or execs, or becomes the
+bridge); runs Python code after the seccomp filter is loaded, except `posix_spawn` of the
+child and then `execve` or the bridge (SpawnSpec.bridge_in_process: our own code, which
+runs under the same filter either way); imports a module in the child that the fork server
+did not import first (`seccomp_installer`, Landlock and the bridge are imported at
+fork-server start).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import signal
 import socket
 import struct
 from collections.abc import Callable
+from typing import NoReturn
 
 from grainhouse_grainmgr import syscalls as sc
 from grainhouse_grainmgr.sandbox_layout import (
@@ -40,6 +43,7 @@ from grainhouse_grainmgr.sandbox_steps import (
     FD_GO,
     FD_LIFELINE,
     FD_PACKAGE,
+    FD_REPORT,
     FD_VAR,
     StepError,
     arrange_fds,
@@ -48,6 +52,10 @@ from grainhouse_grainmgr.sandbox_steps import (
     step,
 )
 from grainhouse_grainmgr.spec import CHILD_PID_ENV
+
+# The bridge's entry (bridge.run_in_init), set by the fork server once it imported the bridge
+# and pycapnp; None: plans that ask for the bridge in process exec it instead.
+RUN_BRIDGE: Callable[[dict[str, str], int], NoReturn] | None = None
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -210,6 +218,12 @@ def _finish(layout: Layout, plan: Plan) -> None:
             install(plan.seccomp_program)
     env = plan.env
     child = _start_child(plan) if plan.child_argv else 0
+    if plan.bridge_in_process and RUN_BRIDGE is not None:
+        # Non-dumpable first: this image is the fork server's, and the app runs with our
+        # uid; /proc/1 then belongs to the grain's root, which nothing in the grain is.
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        os.close(FD_REPORT)  # what the exec's close-on-exec would do: "started", to the server
+        RUN_BRIDGE(env, child)
     if child:
         env = {**env, CHILD_PID_ENV: str(child)}
     try:

@@ -43,6 +43,7 @@ class Plan:
     seccomp_program: bytes | None = None
     child_argv: list[str] = field(default_factory=list)  # see SpawnSpec.child_argv
     child_env: dict[str, str] = field(default_factory=dict)
+    bridge_in_process: bool = False  # see SpawnSpec.bridge_in_process
 
 
 # Plan fields that travel to a spare as JSON; the fds travel as SCM_RIGHTS, in this order:
@@ -50,7 +51,7 @@ class Plan:
 PLAN_WIRE_FIELDS = (
     "argv", "env", "package_dir", "var_dir", "root_mode", "nofile", "tmp_bytes", "shm_bytes",
     "fsize_bytes", "address_space_bytes", "nproc", "landlock", "var_read_only", "child_argv",
-    "child_env",
+    "child_env", "bridge_in_process",
 )  # fmt: skip
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.procs import is_grain_init
+
 from .conftest import Platform, create, get, open_session, read_head, relay_connect, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("grains-stack")]
@@ -30,16 +32,7 @@ def rss(pid: int) -> int:
 
 
 def bridge_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"grainhouse_grainmgr/bridge.py" in cmd:
-                pids.append(int(entry))
-    return pids
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and is_grain_init(int(e))]
 
 
 def ws_send(sock: socket.socket, payload: bytes) -> None:

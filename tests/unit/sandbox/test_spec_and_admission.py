@@ -41,6 +41,7 @@ def test_a_good_spec_is_admitted(tmp_path: Path) -> None:
         ({"child_env": {"A": 1}}, "child_env must map names"),
         # The launcher alone says where the child is; a spec cannot forge it.
         ({"env": {CHILD_PID_ENV: "7"}}, f"env must not set {CHILD_PID_ENV}"),
+        ({"bridge_in_process": "yes"}, "bridge_in_process must be true or false"),
     ],
 )
 def test_malformed_specs_are_invalid(
@@ -57,6 +58,10 @@ def test_wire_round_trip_rechecks(tmp_path: Path) -> None:
     wire = spec.to_wire()
     assert wire["nfds"] == 2 and "pass_fds" not in wire
     assert SpawnSpec.from_wire(wire) == good(tmp_path)
+    # The bridge-in-process choice travels (the fork server's init acts on it).
+    inproc = good(tmp_path, bridge_in_process=True).to_wire()
+    assert SpawnSpec.from_wire(inproc).bridge_in_process is True
+    assert SpawnSpec.from_wire(wire).bridge_in_process is False
     wire["argv"] = ["x"]
     with pytest.raises(SandboxError, match="absolute"):
         SpawnSpec.from_wire(wire)

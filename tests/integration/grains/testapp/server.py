@@ -6,7 +6,8 @@ Never: listens anywhere but 127.0.0.1:$PORT.
 
 Routes: GET /whoami (headers, pid, env as JSON), POST /upload (streams the body, answers
 its size and sha256), GET /download?n=N (N bytes, streamed), GET /write?name=&data= (a file
-in /var), GET /read?name=, GET /crash (exits 3), GET /flood (endless body), GET /ws
+in /var), GET /read?name=, GET /peek?pid=
+(which /proc/<pid> files it can read), GET /crash (exits 3), GET /flood (endless body), GET /ws
 (WebSocket echo that greets first; text "whoami" answers the upgrade's headers, "close:N" closes
 with code N, "ping" pings and reports the pong).
 """
@@ -18,6 +19,7 @@ import json
 import os
 import socketserver
 import struct
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -84,6 +86,18 @@ class Handler(BaseHTTPRequestHandler):
                     self.reply({"data": f.read()})
             except FileNotFoundError:
                 self.reply({"data": None}, 404)
+        elif url.path == "/peek":
+            # What this app can read of a process's /proc files (the grain's init is pid 1).
+            found = {}
+            for name in ("environ", "mem", "maps"):
+                try:
+                    with open(f"/proc/{int(q['pid'])}/{name}", "rb") as f:
+                        if name != "mem":  # address 0 is not mapped: opening is the test
+                            f.read(1)
+                    found[name] = "ok"
+                except OSError as exc:
+                    found[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.reply(found)
         elif url.path == "/crash":
             os._exit(3)
         elif url.path == "/flood":
@@ -180,6 +194,8 @@ class Server(ThreadingHTTPServer):
 
 
 if __name__ == "__main__":
+    # A slow start on demand (PROBE_START_DELAY seconds before listening): cold-start tests.
+    time.sleep(float(os.environ.get("PROBE_START_DELAY", "0")))
     socketserver.TCPServer.allow_reuse_address = True
     with Server(("127.0.0.1", int(os.environ["PORT"])), Handler) as server:
         server.serve_forever()
