@@ -128,6 +128,9 @@ class Running:
         self.last_activity = time.monotonic()
 
 
+# States that only hold while this grainmgr runs the grain: reset to stopped at its next start.
+LIVE_STATES = ("starting", "running", "stopping")
+
 # One line per cold start, read by bench/bench_grains.py: where a cold open's time goes.
 START_STEPS = "start steps"
 STEP_NAMES = (
@@ -221,7 +224,10 @@ class Grains:
     async def _set_state(
         self, grain_id: str, state: str, event: str | None, owner: str | None = None, **more: Any
     ) -> None:
-        await self.store.update_grain(grain_id, state=state, **more)
+        # A live state may be lost in a crash without harm (recover_after_restart resets it):
+        # its commit does not wait for the disk, which is on the way to a cold open's reply.
+        durable = state not in LIVE_STATES
+        await self.store.update_grain(grain_id, state=state, durable=durable, **more)
         if event is not None:
             await self.publish(grain_id, event, state, more.get("last_error", ""), owner)
 
@@ -778,7 +784,7 @@ class Grains:
         if first and running.used_at is not None:
             return running.used_at  # the start's own write set it
         used = now()
-        await self.store.update_grain(running.grain_id, last_used_at=used)
+        await self.store.update_grain(running.grain_id, last_used_at=used, durable=False)
         return used
 
     def open_stream_key(self, grain_id: str, session_id: str) -> Ticket:
@@ -814,7 +820,7 @@ class Grains:
 
     async def recover_after_restart(self) -> None:
         """Grains recorded as live belong to a previous grainmgr whose sandboxes are gone."""
-        for grain_id in await self.store.grains_in_states(("starting", "running", "stopping")):
+        for grain_id in await self.store.grains_in_states(LIVE_STATES):
             await self.store.update_grain(grain_id, state="stopped")
 
     async def stop_all(self) -> None:

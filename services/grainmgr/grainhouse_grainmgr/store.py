@@ -221,13 +221,20 @@ class Store:
             tuple(params),
         )
 
-    async def update_grain(self, grain_id: str, **changes: Any) -> None:
+    async def update_grain(self, grain_id: str, *, durable: bool = True, **changes: Any) -> None:
+        """Write `changes` to the grain's row. `durable=False`: the commit does not wait for
+        the WAL to reach the disk (`synchronous_commit = off` for this transaction only), for
+        writes a crash may lose without harm: a live state (starting, running), which grainmgr
+        resets at its next start anyway, and last_used_at. A later durable commit, or the WAL
+        writer within a fraction of a second, persists them."""
         if not changes or not set(changes) <= set(GRAIN_FIELDS) - {"grain_id"}:
             raise ValueError(f"bad grain columns: {sorted(changes)}")
         assignments = sql.SQL(", ").join(
             sql.SQL("{} = %s").format(sql.Identifier(name)) for name in changes
         )
         async with self.pool.connection() as conn:
+            if not durable:
+                await conn.execute("SET LOCAL synchronous_commit TO off")
             await conn.execute(
                 sql.SQL("UPDATE grains SET {} WHERE grain_id = %s").format(assignments),
                 (*changes.values(), grain_id),

@@ -119,6 +119,20 @@ class Client:
         return self.request(method, "/api/v1" + path, body, hdrs)
 
 
+def guest_by_share_link(
+    stack: Stack, owner: Client, grain: str
+) -> tuple[dict[str, Any], Client, Any, str]:
+    """A viewer share link of `grain` opened by a fresh anonymous browser: (the link as the
+    REST API made it, the guest's client, the grain page, the page's ui- origin URL)."""
+    link = owner.api("POST", f"/grains/{grain}/shares", {"role": "viewer"}).json()
+    guest = Client(stack.url)
+    page = guest.get(link["url"])
+    assert page.status == 200, page.text[:300]
+    found = re.search(r'src="(http://ui-[0-9a-f]{32}\.localhost:\d+/)"', page.text)
+    assert found, page.text[:300]
+    return link, guest, page, found.group(1)
+
+
 def setup_admin(stack: Stack, email: str = "admin@example.org") -> Client:
     link = stack.cli("admin", "setup-link").strip().splitlines()[-1]
     path = urllib.parse.urlsplit(link).path

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Client, Stack
+from .harness import Client, Stack, guest_by_share_link
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
 
@@ -108,15 +108,11 @@ def test_api_host_takes_grain_tokens_by_bearer_and_basic(
 def test_anonymous_share_link_opens_the_grain_as_a_guest(
     stack: Stack, admin_api: Client, grain: str
 ) -> None:
-    link = admin_api.api("POST", f"/grains/{grain}/shares", {"role": "viewer"}).json()
-    guest = Client(stack.url)
-    page = guest.get(link["url"])
-    assert page.status == 200, page.text[:300]
-    found = re.search(r'src="(http://ui-[0-9a-f]{32}\.localhost:\d+/)"', page.text)
-    assert found and "Share</a>" not in page.text  # guests get no platform buttons
-    seen = guest.get(found.group(1) + "whoami").json()["headers"]
+    link, guest, page, url = guest_by_share_link(stack, admin_api, grain)
+    assert "Share</a>" not in page.text  # guests get no platform buttons
+    seen = guest.get(url + "whoami").json()["headers"]
     assert seen["x-sandstorm-permissions"] == "view"
     assert "x-sandstorm-user-id" not in seen
     assert admin_api.api("DELETE", f"/grants/{link['grant']['id']}").status == 200
-    assert guest.get(found.group(1) + "whoami").status in (401, 403, 404)
+    assert guest.get(url + "whoami").status in (401, 403, 404)
     assert guest.get(link["url"]).status == 404

@@ -4,7 +4,6 @@ serves an origin opened through the first, and a logout or a revoked share close
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from tests.support.stack import ExtraFrontend
 
-from .harness import Client, Stack, make_token, sign_up
+from .harness import Client, Stack, guest_by_share_link, make_token, sign_up
 from .test_grain_origins import origin_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
@@ -98,13 +97,7 @@ def test_logout_closes_the_origin_on_both_frontends(
 def test_revoking_a_share_closes_the_guest_origin_on_both_frontends(
     stack: Stack, admin_api: Client, grain: str, second: ExtraFrontend
 ) -> None:
-    link = admin_api.api("POST", f"/grains/{grain}/shares", {"role": "viewer"}).json()
-    guest = Client(stack.url)
-    page = guest.get(link["url"])
-    assert page.status == 200, page.text[:300]
-    found = re.search(r'src="(http://ui-[0-9a-f]{32}\.localhost:\d+/)"', page.text)
-    assert found
-    url = found.group(1)
+    link, guest, _, url = guest_by_share_link(stack, admin_api, grain)
     on_b = through(guest, second.url, url)
     assert on_b.status == 200 and on_b.json()["headers"]["x-sandstorm-permissions"] == "view"
     assert through(guest, stack.url, url).status == 200
