@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -466,6 +467,7 @@ def main() -> int:
     except Exception as exc:  # a bench reports what failed instead of a traceback only
         result["error"] = f"{type(exc).__name__}: {exc}"
         say(stack.log()[-3000:])
+        say(traceback.format_exc())
         print(json.dumps(result, indent=2))
         return 1
     finally:

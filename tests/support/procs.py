@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from grainhouse_grainmgr.sandbox_init import BRIDGE_NAME
+
 
 def parents() -> dict[int, int]:
     """pid -> parent pid of every process."""
@@ -25,17 +27,21 @@ def parents() -> dict[int, int]:
 
 
 def is_grain_init(pid: int) -> bool:
-    """PID 1 of a pid namespace below ours: a grain's init, which is its bridge (run in the
-    init itself, so its command line is the fork server's, not bridge.py's)."""
+    """A grain's bridge: PID 1 of a pid namespace below ours, named `gh-bridge` (the bridge run
+    in the init keeps the fork server's command line) or running bridge.py (the exec'd
+    fallback). A spare's init (also PID 1 of its namespace, waiting for a grain) is neither."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    for line in status.splitlines():
-        if line.startswith("NSpid:"):
-            ids = line.split()[1:]
-            return len(ids) >= 2 and ids[-1] == "1"
-    return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    ids = fields.get("NSpid", "").split()
+    if len(ids) < 2 or ids[-1] != "1":
+        return False
+    return fields.get("Name", "").strip() == BRIDGE_NAME or any(
+        arg.endswith(b"/bridge.py") for arg in cmdline
+    )
 
 
 def grain_processes(grainmgr_pid: int) -> list[tuple[int, int]]:

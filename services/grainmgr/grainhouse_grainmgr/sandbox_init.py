@@ -57,6 +57,9 @@ from grainhouse_grainmgr.spec import CHILD_PID_ENV
 # and pycapnp; None: plans that ask for the bridge in process exec it instead.
 RUN_BRIDGE: Callable[[dict[str, str], int], NoReturn] | None = None
 
+# /proc/<pid>/comm of a bridge run in the init (ps, top, tests/support/procs.py find it so).
+BRIDGE_NAME = "gh-bridge"
+
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -174,6 +177,9 @@ def _premount(layout: Layout) -> None:
 
 def _finish(layout: Layout, plan: Plan) -> None:
     root = layout.root
+    if plan.bridge_in_process and RUN_BRIDGE is not None:
+        with step("name the bridge"):
+            sc.set_name(BRIDGE_NAME)  # its command line stays the fork server's
     with step("mount the app package read-only at /opt/app"):
         _bind(f"/proc/self/fd/{FD_PACKAGE}", root + "/opt/app", read_only=True)
     with step("mount the grain's storage read-write at /var"):

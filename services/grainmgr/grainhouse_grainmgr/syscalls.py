@@ -40,6 +40,7 @@ MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -107,6 +108,13 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def set_name(name: str) -> None:
+    """This thread's name (/proc/<pid>/comm, what ps and top show): at most 15 bytes."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    address = ctypes.cast(buf, ctypes.c_void_p).value or 0  # `buf` outlives the call
+    prctl(PR_SET_NAME, address)
 
 
 @functools.cache

@@ -120,8 +120,10 @@ def test_the_sandbox_starts_the_app_and_the_bridge_adopts_it(platform: Platform)
         status = Path(f"/proc/{children[0]}/status").read_text()
         nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
         assert nspid.split()[-1] == "2"
-        # The bridge runs in the init, a fork of the fork server: not bridge.py's command line.
+        # The bridge runs in the init, a fork of the fork server: not bridge.py's command line,
+        # but named for ps and top.
         assert b"bridge.py" not in Path(f"/proc/{bridge}/cmdline").read_bytes()
+        assert Path(f"/proc/{bridge}/comm").read_text().strip() == "gh-bridge"
     assert probes >= 1
     # The app can open its own /proc files, but none of the bridge's (pid 1 of the grain):
     # the init went non-dumpable, so the bridge's memory (a fork of the fork server's) is
