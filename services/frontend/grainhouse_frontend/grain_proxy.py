@@ -43,6 +43,7 @@ from grainhouse_frontend.grain_headers import CHUNKED_HEAD_END, HeaderRules
 from grainhouse_frontend.grain_upstream import StreamClosed, Upstream
 from grainhouse_frontend.grain_websocket import GrainWebSocket
 from grainhouse_frontend.identity import wait_seconds
+from grainhouse_frontend.lookup_budget import LookupBudget
 from grainhouse_frontend.origins import Decision, Origin, Origins, decision_from
 from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2, grainmgr_pb2_grpc
 
@@ -158,6 +159,7 @@ class GrainProxy:
         cookie_names: set[str],
     ) -> None:
         self.origins = origins
+        self.lookups = LookupBudget()  # unknown `ui-` origins each address may ask auth about
         self.auth = auth
         self.grainmgr = grainmgr
         self.public_url = public_url.rstrip("/")
@@ -288,7 +290,13 @@ class GrainProxy:
                 raise Denied(404, ENDED)
             origin = self.origins.get(oid)
             if origin is None:
-                # Not known here (made through another frontend, or forgotten): auth's record.
+                # Not known here (made through another frontend, or forgotten): auth's record,
+                # within this address's lookup budget (an unknown host costs auth a query).
+                if self.origins.is_gone(oid):
+                    raise Denied(404, ENDED)
+                wait = self.lookups.take(client, time.monotonic())
+                if wait:
+                    raise Denied(429, f"too many unknown grain sessions: retry in {wait} s", wait)
                 origin = await self._resolve(oid)
             return origin
         token = bearer_from(headers)

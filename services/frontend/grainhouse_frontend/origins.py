@@ -118,6 +118,11 @@ class Origins:
             return "ui", ""
         return None
 
+    def made_here(self, origin_id: str, grain_id: str, tab_id: str) -> Origin:
+        """An origin this frontend just had auth make: known here from the start, so its first
+        request is no lookup (lookup_budget.py); its decision comes from auth on that request."""
+        return self.add(Origin(origin_id, grain_id, None, tab_id=tab_id))
+
     def add(self, origin: Origin) -> Origin:
         self.expire()
         if len(self._table) >= MAX_ORIGINS:

@@ -244,6 +244,7 @@ class GrainPages(UiBase):
             ),
             timeout=5,
         )
+        self.d.origins.made_here(made.origin_id, grain_id, made.tab_id)
         scheme = self.d.public_url.split("://", 1)[0]
         return self.d.origins.url(made.origin_id, scheme) + "/"
 

@@ -229,6 +229,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
             ),
             timeout=5,
         )
+        deps.origins.made_here(made.origin_id, grain_id, made.tab_id)
         scheme = deps.public_url.split("://", 1)[0]
         return created(
             {"url": deps.origins.url(made.origin_id, scheme) + "/", "grain_id": grain_id},

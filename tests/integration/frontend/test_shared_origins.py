@@ -4,8 +4,11 @@ serves an origin opened through the first, and a logout or a revoked share close
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -116,3 +119,30 @@ def test_unknown_origins_get_the_same_answer_on_both(stack: Stack, second: Extra
             reply = through(c, frontend, f"http://ui-{oid}.localhost:{port}/", "")
             assert reply.status == 404, (frontend, oid, reply.text)
             assert "this grain session has ended" in reply.text
+
+
+def test_unknown_origins_cost_auth_a_bounded_number_of_lookups(
+    admin: Client, grain: str, stack: Stack, second: ExtraFrontend
+) -> None:
+    # Runs last in this module: it spends the lookup budget of 127.0.0.1 on the second frontend.
+    port = stack.url.rsplit(":", 1)[1]
+    known = origin_of(admin, grain)
+    assert through(admin, second.url, known).status == 200  # now cached on the second frontend
+
+    def unknown(_: int) -> Any:
+        host = f"http://ui-{secrets.token_hex(16)}.localhost:{port}/"
+        return through(Client(stack.url), second.url, host, "")
+
+    # Far more lookups than a burst plus the refill of the time they take: some must wait.
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(unknown, range(300)))
+    statuses = Counter(r.status for r in replies)
+    assert set(statuses) <= {404, 429}, statuses
+    assert statuses[404] >= 1 and statuses[429] >= 1, statuses
+    limited = next(r for r in replies if r.status == 429)
+    assert int(limited.headers["retry-after"]) >= 1
+    assert "too many unknown grain sessions" in limited.text
+    # An origin the frontend knows costs auth nothing and is never limited.
+    assert through(admin, second.url, known).status == 200
+    # The budget comes back (wait for it, not for a time): the frontend is left as found.
+    eventually(lambda: unknown(0).status == 404, "the lookup budget never came back", 60)
