@@ -248,8 +248,6 @@ def throughput(
     front_port = int(stack.url.rsplit(":", 1)[1])
     full_headers = {"Host": api_url.split("/")[2], "Authorization": f"Bearer {token}"}
     first_byte(front_port, full_headers["Host"], "/", full_headers, time.perf_counter() + 60)
-    direct_port = free_port()
-    direct = start_direct(hello_dir, direct_port)
     out: dict[str, Any] = {}
     services = stack.services()
     grainmgr_pid = int(services["grainmgr"]["pid"])
@@ -260,6 +258,9 @@ def throughput(
         "bridge": bridge,
         "app": children(bridge)[0],
     }
+    # Started last: nothing above can fail and leave it running.
+    direct_port = free_port()
+    direct = start_direct(hello_dir, direct_port)
     try:
         first_byte(direct_port, "127.0.0.1", "/", {}, time.perf_counter() + 30)
         for path, name in (("/", "hello"), ("/cpu", "cpu_1ms")):
