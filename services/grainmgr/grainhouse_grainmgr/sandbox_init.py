@@ -223,11 +223,15 @@ def _finish(layout: Layout, plan: Plan) -> None:
         if install is not None and plan.seccomp_program is not None:
             install(plan.seccomp_program)
     env = plan.env
-    child = _start_child(plan) if plan.child_argv else 0
-    if plan.bridge_in_process and RUN_BRIDGE is not None:
-        # Non-dumpable first: this image is the fork server's, and the app runs with our
-        # uid; /proc/1 then belongs to the grain's root, which nothing in the grain is.
+    in_process = plan.bridge_in_process and RUN_BRIDGE is not None
+    if in_process:
+        # Non-dumpable before the app exists: this image is the fork server's, and the app
+        # runs with our uid; /proc/1 then belongs to the grain's root, which nothing in the
+        # grain is (an open of /proc/1/mem is checked when it is made, so no window is left).
+        # The app's own exec makes it dumpable again, for its own /proc/self.
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    child = _start_child(plan) if plan.child_argv else 0
+    if in_process and RUN_BRIDGE is not None:
         os.close(FD_REPORT)  # what the exec's close-on-exec would do: "started", to the server
         RUN_BRIDGE(env, child)
     if child:
