@@ -284,7 +284,7 @@ def throughput(
 
 
 # The steps of a cold open, in order: (name, where it ends). grainmgr logs one "start steps"
-# line per cold start with its own stamps (grains.STEP_NAMES); the bench adds the ends it sees.
+# line per cold start with its own stamps (running.STEP_NAMES); the bench adds the ends it sees.
 COLD_STEPS = (
     ("frontend_to_grainmgr", "grainmgr's OpenSession begins (frontend: auth, routing, gRPC)"),
     ("checks", "grainmgr read the grain and its package, ready to spawn"),

@@ -24,7 +24,8 @@ from typing import Any
 
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_grainmgr import cgroups, snapshots
-from grainhouse_grainmgr.grains import MAX_TITLE, Grains, Running, du
+from grainhouse_grainmgr.grains import MAX_TITLE, Grains, du
+from grainhouse_grainmgr.running import Running
 from grainhouse_grainmgr.store import GrainRow
 
 log = logging.getLogger("grainhouse.grainmgr.transfers")

@@ -19,7 +19,8 @@ import time
 
 from grainhouse_common.errors import GrainhouseError
 from grainhouse_grainmgr import metrics
-from grainhouse_grainmgr.grains import PING_TIMEOUT_SECONDS, Grains, Running, now
+from grainhouse_grainmgr.grains import PING_TIMEOUT_SECONDS, Grains, now
+from grainhouse_grainmgr.running import Running
 
 log = logging.getLogger("grainhouse.grainmgr.upkeep")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from grainhouse_grainmgr.grains import EARLY_STEP, START_STEPS, STEP_NAMES
+from grainhouse_grainmgr.running import EARLY_STEP, START_STEPS, STEP_NAMES
 from grainhouse_package import generate_key, pack_directory
 from grainhouse_proto import grainmgr_pb2 as pb
 from tests.support.procs import grain_processes

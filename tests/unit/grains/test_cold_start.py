@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from grainhouse_grainmgr import bridge, grains
+from grainhouse_grainmgr import bridge, grains, running
 from grainhouse_grainmgr.spec import CHILD_PID_ENV
 
 pytestmark = pytest.mark.unit
@@ -51,7 +51,7 @@ def test_the_bridge_reads_the_child_pid_where_the_launcher_puts_it() -> None:
 def test_the_start_steps_line_is_what_the_bench_reads(tmp_path: Path) -> None:
     steps = {"in": 100.0, "checked": 100.004, "spawned": 100.010, "listening": 100.200}
     steps.update({"ready": 100.2005, "session": 100.202})
-    line = grains.steps_line("g1", steps)
+    line = running.steps_line("g1", steps)
     assert line == (
         "start steps g1 at=100.0000 checked=4.0 spawned=10.0 listening=200.0 ready=200.5 "
         "session=202.0"
