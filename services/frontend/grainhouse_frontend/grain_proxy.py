@@ -344,10 +344,8 @@ class GrainProxy:
 
         No client_address is sent: an origin id is 128 random bits, so unknown ids are stale
         tabs, not guesses, and counting them would make a browser's address wait for the
-        platform's other credentials. Repeated asks for one dead id are answered here for a
-        while (Origins.gone)."""
-        if self.origins.is_gone(oid):
-            raise Denied(404, ENDED)
+        platform's other credentials. Repeated asks for one dead id are answered before this,
+        in `_origin`, for a while (Origins.gone)."""
         try:
             return await self.auth.ResolveOrigin(
                 auth_pb2.ResolveOriginRequest(origin_id=oid), timeout=5

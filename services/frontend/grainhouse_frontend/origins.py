@@ -39,7 +39,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from grainhouse_proto import auth_pb2
+from grainhouse_proto import auth_pb2, auth_pb2_grpc
 
 IDLE_SECONDS = 3600.0
 MAX_ORIGINS = 50_000
@@ -118,10 +118,28 @@ class Origins:
             return "ui", ""
         return None
 
-    def made_here(self, origin_id: str, grain_id: str, tab_id: str) -> Origin:
-        """An origin this frontend just had auth make: known here from the start, so its first
-        request is no lookup (lookup_budget.py); its decision comes from auth on that request."""
-        return self.add(Origin(origin_id, grain_id, None, tab_id=tab_id))
+    async def open(
+        self,
+        auth: auth_pb2_grpc.AuthStub,
+        credential: auth_pb2.Credential,
+        grain_id: str,
+        client_address: str,
+        scheme: str,
+    ) -> str:
+        """Have auth make a new `ui-` origin for this credential and grain; its URL (with a
+        trailing slash). It is known here from the start, so its first request is no lookup
+        (lookup_budget.py); its decision comes from auth on that request."""
+        made = await auth.CreateOrigin(
+            auth_pb2.CreateOriginRequest(
+                credential=credential,
+                grain_id=grain_id,
+                session_type=auth_pb2.ORIGIN_SESSION_TYPE_NORMAL,
+                client_address=client_address,
+            ),
+            timeout=5,
+        )
+        self.add(Origin(made.origin_id, grain_id, None, tab_id=made.tab_id))
+        return self.url(made.origin_id, scheme) + "/"
 
     def add(self, origin: Origin) -> Origin:
         self.expire()

@@ -235,18 +235,8 @@ class GrainPages(UiBase):
         self, grain_id: str, credential: auth_pb2.Credential, address: str = ""
     ) -> str:
         """A new `ui-` origin for this grain session, made and kept by auth (origins.py)."""
-        made = await self.d.auth.CreateOrigin(
-            auth_pb2.CreateOriginRequest(
-                credential=credential,
-                grain_id=grain_id,
-                session_type=auth_pb2.ORIGIN_SESSION_TYPE_NORMAL,
-                client_address=address,
-            ),
-            timeout=5,
-        )
-        self.d.origins.made_here(made.origin_id, grain_id, made.tab_id)
         scheme = self.d.public_url.split("://", 1)[0]
-        return self.d.origins.url(made.origin_id, scheme) + "/"
+        return await self.d.origins.open(self.d.auth, credential, grain_id, address, scheme)
 
     async def _grain_page(
         self,

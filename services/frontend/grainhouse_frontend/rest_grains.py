@@ -220,21 +220,11 @@ def routes(deps: Deps) -> list[ApiRoute]:
         await authorize(caller, grain_id)
         assert deps.origins is not None and deps.auth is not None
         # The origin is auth's record (shared by every frontend): see origins.py.
-        made = await deps.auth.CreateOrigin(
-            auth_pb2.CreateOriginRequest(
-                credential=cred(caller),
-                grain_id=grain_id,
-                session_type=auth_pb2.ORIGIN_SESSION_TYPE_NORMAL,
-                client_address=client_address(request),
-            ),
-            timeout=5,
-        )
-        deps.origins.made_here(made.origin_id, grain_id, made.tab_id)
         scheme = deps.public_url.split("://", 1)[0]
-        return created(
-            {"url": deps.origins.url(made.origin_id, scheme) + "/", "grain_id": grain_id},
-            f"/api/v1/grains/{grain_id}",
+        url = await deps.origins.open(
+            deps.auth, cred(caller), grain_id, client_address(request), scheme
         )
+        return created({"url": url, "grain_id": grain_id}, f"/api/v1/grains/{grain_id}")
 
     async def share(request: Request, caller: Caller) -> Response:
         assert deps.auth is not None
