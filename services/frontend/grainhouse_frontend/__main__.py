@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 import uvloop
 
 from grainhouse_common import metrics, rpc, runtime, settings
-from grainhouse_frontend import api, identity, kvstore, revocations
+from grainhouse_frontend import api, grain_door, identity, kvstore, revocations
 from grainhouse_frontend import app as appmod
 from grainhouse_frontend.grain_proxy import GrainProxy
 from grainhouse_frontend.origins import Origins
@@ -83,8 +84,12 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
                 store.inner = shared
 
     host, port = metrics.split_addr(own.listen)
+    app = appmod.build(health, deps, ui, grains)
+    # Plain grain requests are served by grain_door's protocol, the rest by uvicorn's own.
+    http: Any = grain_door.protocol_class(app) if isinstance(app, appmod.HostSplit) else "auto"
     config = uvicorn.Config(
-        appmod.build(health, deps, ui, grains),
+        app,
+        http=http,
         host=host,
         port=port,
         log_config=None,

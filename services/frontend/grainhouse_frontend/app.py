@@ -40,6 +40,16 @@ class HostSplit:
         self.origins = origins
         self._kinds: dict[bytes, tuple[str, str] | None] = {}
 
+    def kind_of(self, host: bytes) -> tuple[str, str] | None:
+        """`Origins.host_kind` of a Host header value (None: a platform host), cached."""
+        try:
+            return self._kinds[host]
+        except KeyError:
+            if len(self._kinds) >= HOST_CACHE_SIZE:
+                self._kinds.clear()
+            kind = self._kinds[host] = self.origins.host_kind(host.decode("latin-1"))
+            return kind
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind_of_scope = scope["type"]
         if kind_of_scope == "http" or kind_of_scope == "websocket":
@@ -48,12 +58,7 @@ class HostSplit:
                 if name == b"host":
                     host = value
                     break
-            try:
-                kind = self._kinds[host]
-            except KeyError:
-                if len(self._kinds) >= HOST_CACHE_SIZE:
-                    self._kinds.clear()
-                kind = self._kinds[host] = self.origins.host_kind(host.decode("latin-1"))
+            kind = self.kind_of(host)
             if kind is not None:
                 if kind_of_scope == "http":
                     await self.grains.http(scope, receive, send, host.decode("latin-1"), kind)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from .harness import (
     running_stack,
     setup_admin,
 )
+
+UPSTREAM_APP = Path(__file__).resolve().parent / "grain_upstream_app"
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +48,20 @@ def probe_app(admin_api: Client, tmp_path_factory: pytest.TempPathFactory) -> di
     from .harness import build_probe
 
     return install_package(admin_api, build_probe(tmp_path_factory.mktemp("probe")))
+
+
+@pytest.fixture(scope="session")
+def api_host(admin_api: Client, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(API host, grain token) of a grain of grain_upstream_app (answers well or badly on
+    purpose, and shows the request head it got)."""
+    from grainhouse_package import generate_key, pack_directory
+
+    out = tmp_path_factory.mktemp("upstream")
+    pack_directory(UPSTREAM_APP, out / "upstream.pkg", generate_key(), level=0)
+    app = install_package(admin_api, out / "upstream.pkg")
+    made = admin_api.api("POST", "/grains", {"app_id": app["app_id"], "title": "Upstream"})
+    assert made.status == 201, made.text
+    grain = made.json()["id"]
+    token = admin_api.api("POST", f"/grains/{grain}/api-tokens", {"role": "viewer", "label": "u"})
+    assert token.status == 201, token.text
+    return token.json()["api_url"].split("/")[2], token.json()["token"]

@@ -11,35 +11,17 @@ from __future__ import annotations
 import hashlib
 import http.client
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import Client, Stack, install_package
+from .harness import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
-APP = Path(__file__).resolve().parent / "grain_upstream_app"
 BROKEN_HEAD = ["/garbage", "/huge-head", "/silent-close"]
 # Broken inside the body: a 502 when the break comes with the head (the usual case here), else
 # the response is cut short (the client's connection closed before its end).
 BROKEN_BODY = ["/bad-chunk", "/early-close"]
-
-
-@pytest.fixture(scope="module")
-def api_host(admin_api: Client, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(API host, grain token) of a grain of the misbehaving app."""
-    from grainhouse_package import generate_key, pack_directory
-
-    out = tmp_path_factory.mktemp("upstream")
-    pack_directory(APP, out / "upstream.pkg", generate_key(), level=0)
-    app = install_package(admin_api, out / "upstream.pkg")
-    made = admin_api.api("POST", "/grains", {"app_id": app["app_id"], "title": "Upstream"})
-    assert made.status == 201, made.text
-    grain = made.json()["id"]
-    token = admin_api.api("POST", f"/grains/{grain}/api-tokens", {"role": "viewer", "label": "u"})
-    assert token.status == 201, token.text
-    return token.json()["api_url"].split("/")[2], token.json()["token"]
 
 
 def call(

@@ -8,7 +8,9 @@ Speaks HTTP/1.1 by hand on purpose, so it can break it. Routes (any method):
 /ok (a Content-Length answer, keep-alive), /chunked (a chunked answer with trailers),
 /echo (echoes the request body back chunked and says how it came: `x-request-framing`),
 /close-after (a keep-alive answer, then the connection is closed anyway),
-/garbage, /huge-head, /bad-chunk, /early-close, /silent-close (broken answers, then close).
+/garbage, /huge-head, /bad-chunk, /early-close, /silent-close (broken answers, then close),
+/head (the request head as the grain got it, as the body), /until-close (a body without
+framing, ended by closing the connection).
 """
 
 import os
@@ -101,6 +103,8 @@ def answer(conn, path, body, framing):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a little")
     elif path == "/silent-close":
         pass
+    elif path == "/until-close":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end\n")
     else:
         conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         return True
@@ -121,6 +125,9 @@ def serve(conn):
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
             body, buf, framing = read_body(conn, headers, buf)
+            if target.split("?")[0] == "/head":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(head), head))
+                continue
             if not answer(conn, target.split("?")[0], body, framing):
                 return
     except (OSError, ValueError):
