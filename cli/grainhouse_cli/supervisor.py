@@ -213,6 +213,8 @@ class Supervisor:
             env[f"GRAINHOUSE_{up}_METRICS_LISTEN"] = f"127.0.0.1:{ports.metrics[svc]}"
             if svc in db_files:
                 env[f"GRAINHOUSE_{up}_DATABASE_URL_FILE"] = str(db_files[svc])
+            if svc == "grainmgr" and "GRAINHOUSE_GRAINMGR_RELAY_SOCKET" not in env:
+                env["GRAINHOUSE_GRAINMGR_RELAY_SOCKET"] = self._relay_socket()
             if svc == "frontend":
                 health = self._http_health(f"http://127.0.0.1:{ports.http}/healthz")
                 addresses = {"http": public_url, "listen": listens[svc]}
@@ -223,6 +225,22 @@ class Supervisor:
             self.children[svc] = Child(
                 svc, [sys.executable, "-m", f"grainhouse_{svc}"], env, health, addresses
             )
+
+    def _relay_socket(self) -> str:
+        """Where grainmgr's relay also listens for the frontend: a Unix socket (cheaper than
+        loopback TCP) in `run/relay/`, a directory only this user may enter (every service
+        runs as this user, the frontend included). "" (TCP only) when the path would be too
+        long for a Unix socket or the directory cannot be made."""
+        folder = self.data.run.resolve() / "relay"
+        path = folder / "relay.sock"
+        if len(str(path).encode()) > 107:  # sun_path: 108 bytes with the NUL
+            return ""
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            folder.chmod(0o700)  # also when an older run made it
+        except OSError:
+            return ""
+        return str(path)
 
     @staticmethod
     def _grpc_health(addr: str) -> Callable[[], Awaitable[bool]]:

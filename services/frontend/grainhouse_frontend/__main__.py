@@ -11,7 +11,7 @@ import uvicorn
 import uvloop
 
 from grainhouse_common import metrics, rpc, runtime, settings
-from grainhouse_frontend import api, grain_door, identity, kvstore, revocations
+from grainhouse_frontend import api, grain_door, grain_events, identity, kvstore, revocations
 from grainhouse_frontend import app as appmod
 from grainhouse_frontend.grain_proxy import GrainProxy
 from grainhouse_frontend.origins import Origins
@@ -79,6 +79,7 @@ async def serve(common: settings.CommonSettings, own: FrontendSettings) -> int:
         if await rt.bus.connect(rt.stop):
             assert rt.bus.nc is not None
             await rt.bus.subscribe(revocations.SUBJECT, revocations.handler(ident, origins))
+            await rt.bus.subscribe(grain_events.SUBJECT, grain_events.handler(origins))
             shared = await kvstore.NatsStore.open(rt.bus.nc)
             if shared is not None:
                 store.inner = shared

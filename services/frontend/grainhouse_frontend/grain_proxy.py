@@ -38,8 +38,8 @@ import h11
 import wsproto.utilities
 from starlette.types import Receive, Scope, Send
 
-from grainhouse_frontend import grain_upstream
 from grainhouse_frontend.grain_headers import CHUNKED_HEAD_END, HeaderRules
+from grainhouse_frontend.grain_relay import RelayStream, relay_connect, upstream_connect
 from grainhouse_frontend.grain_upstream import StreamClosed, Upstream
 from grainhouse_frontend.grain_websocket import GrainWebSocket
 from grainhouse_frontend.identity import wait_seconds
@@ -48,7 +48,6 @@ from grainhouse_frontend.origins import Decision, Origin, Origins, decision_from
 from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2, grainmgr_pb2_grpc
 
 log = logging.getLogger("grainhouse.frontend.grain")
-HANDSHAKE_TIMEOUT = 30.0
 # Idle streams kept per origin. Every request that finds the pool empty costs a gRPC
 # OpenStream, a relay handshake and new connections in the bridge and the app (≈1 ms of CPU
 # across the processes, measured by bench/bench_grains.py), so the pool must cover a client's
@@ -98,40 +97,6 @@ class _Answer:
             self.status = message["status"]
             self.started = True
         await self.send(message)
-
-
-class RelayStream:
-    """One relay stream for a WebSocket (never pooled: after the upgrade it is the socket)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-
-
-async def relay_connect(ticket: grainmgr_pb2.StreamTicket) -> RelayStream:
-    """Open one stream with grainmgr's relay handshake, as a StreamReader/StreamWriter pair."""
-    path, host, port = grain_upstream.relay_endpoint(ticket.relay_address)
-    if path is not None:
-        opening = asyncio.open_unix_connection(path)
-    else:
-        opening = asyncio.open_connection(host, port)
-    reader, writer = await asyncio.wait_for(opening, HANDSHAKE_TIMEOUT)
-    writer.write(grain_upstream.relay_hello(ticket.stream_key_secret))
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.readline(), HANDSHAKE_TIMEOUT)
-    if answer != grain_upstream.RELAY_OK:
-        writer.close()
-        raise ConnectionError("the relay refused the stream key")
-    return RelayStream(reader, writer)
-
-
-async def upstream_connect(ticket: grainmgr_pb2.StreamTicket) -> Upstream:
-    """Open one stream with grainmgr's relay handshake, for HTTP/1.1 exchanges (pooled)."""
-    return await grain_upstream.connect(ticket.relay_address, ticket.stream_key_secret)
 
 
 def bearer_from(headers: dict[bytes, bytes]) -> str:

@@ -1,7 +1,8 @@
 """HTTP/1.1 to a grain over one relay stream: a request out, the grain's response read back.
 
 Owns: one relay stream into a grain (its socket, read buffer, write flow control, the relay
-handshake) and the client side of HTTP/1.1 on it: request body framing (Content-Length as sent,
+handshake; for a relay on this machine, the app's socket handed off by grainmgr and the lease
+that keeps it) and the client side of HTTP/1.1 on it: request body framing (Content-Length as sent,
 or chunked), parsing the response (status line, headers, a Content-Length, chunked or
 until-close body, informational 1xx answers skipped) and whether the stream may carry another
 request.
@@ -23,7 +24,10 @@ strictly and bounded in size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
+import struct
 import time
 from typing import cast
 
@@ -71,6 +75,12 @@ class Upstream(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        # A stream grainmgr handed off (see hand_off): its lease, and the socket to ask
+        # TCP_QUICKACK on after every read (the app's TCP socket, when it is one).
+        self.lease: socket.socket | None = None
+        self.quickack: socket.socket | None = None
+        self.sent = 0
+        self.received = 0
         self.idle_since = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._buf = bytearray()
@@ -95,6 +105,14 @@ class Upstream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.quickack is not None:
+            # As grainmgr's splice did (splice.py says why): an app writing a response in
+            # pieces without TCP_NODELAY waits for our ACK between them.
+            try:
+                self.quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                self.quickack = None
+        self.received += len(data)
         self._buf += data
         if len(self._buf) > BUFFER_HIGH and not self._reading_paused:
             self._reading_paused = True
@@ -112,6 +130,7 @@ class Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._closed = True
+        self._end_lease()
         self._wake()
         drained = self._drained
         if drained is not None and not drained.done():
@@ -136,12 +155,23 @@ class Upstream(asyncio.Protocol):
         self._reusable = False
         if self.transport is not None:
             self.transport.close()
+        self._end_lease()
+
+    def _end_lease(self) -> None:
+        """A handed-off stream is done: report its bytes and close the lease (grainmgr then
+        drops its reference to the app's socket too)."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            with contextlib.suppress(OSError):
+                lease.send(LEASE_REPORT.pack(self.sent, self.received))
+            lease.close()
 
     async def write(self, data: bytes) -> None:
         if self._closed:
             raise StreamClosed("the relay stream closed")
         assert self.transport is not None
         self.transport.write(data)
+        self.sent += len(data)
         if self._paused:
             self._drained = self._loop.create_future()
             try:
@@ -370,41 +400,6 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], bool]:
     return status, headers, status_line[7:8] == b"1"
 
 
-# grainmgr's relay handshake (grainmgr.proto, StreamTicket): this line out, RELAY_OK back.
-RELAY_OK = b"OK\r\n"
-
-
-def relay_hello(stream_key_secret: str) -> bytes:
-    return f"GRAINHOUSE-RELAY/1 {stream_key_secret}\r\n".encode()
-
-
-def relay_endpoint(address: str) -> tuple[str | None, str, int]:
-    """(unix path, or None; host; port) of a StreamTicket.relay_address."""
-    if address.startswith("unix:"):
-        return address[5:], "", 0
-    host, port = address.rsplit(":", 1)
-    return None, host, int(port)
-
-
-async def connect(address: str, stream_key_secret: str) -> Upstream:
-    """Open one relay stream (`unix:/path` or `host:port`) and pass grainmgr's handshake."""
-    loop = asyncio.get_running_loop()
-    path, host, port = relay_endpoint(address)
-    if path is not None:
-        opening = loop.create_unix_connection(Upstream, path)
-    else:
-        opening = loop.create_connection(Upstream, host, port)
-    _, stream = await asyncio.wait_for(opening, HANDSHAKE_TIMEOUT)
-    try:
-        await stream.write(relay_hello(stream_key_secret))
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            while b"\r\n" not in stream._buf and not stream._eof and len(stream._buf) < 64:
-                await stream._more()
-        if not stream._buf.startswith(RELAY_OK):
-            raise ConnectionError("the relay refused the stream key")
-        del stream._buf[: len(RELAY_OK)]
-        stream._reusable = True
-    except BaseException:
-        stream.close()
-        raise
-    return stream
+# What a handed-off stream's holder sends on its lease before closing it (grainmgr.proto,
+# StreamTicket): the bytes it sent to and received from the app.
+LEASE_REPORT = struct.Struct("!QQ")

@@ -33,7 +33,7 @@ from grainhouse_frontend.origins import Decision, Origin
 
 if TYPE_CHECKING:
     from grainhouse_frontend.grain_proxy import GrainProxy
-    from grainhouse_frontend.grain_proxy import RelayStream as _Stream
+    from grainhouse_frontend.grain_relay import RelayStream as _Stream
 
 log = logging.getLogger("grainhouse.frontend.grain.ws")
 

@@ -184,6 +184,15 @@ class Origins:
         for oid in [k for k, o in self._table.items() if now - o.last_used > IDLE_SECONDS]:
             del self._table[oid]
 
+    def forget_sessions(self, grain_id: str) -> int:
+        """The grain stopped: its grainmgr sessions are gone (the next request opens one)."""
+        n = 0
+        for origin in self._table.values():
+            if origin.grain_id == grain_id and origin.grainmgr_session:
+                origin.grainmgr_session = ""
+                n += 1
+        return n
+
     def forget_decisions(
         self,
         credential_ids: set[str],

@@ -110,8 +110,8 @@ async def serve(rt: runtime.Runtime, own: GrainmgrSettings, root: Path, launcher
 
         async def on_ready() -> None:
             await grains.recover_after_restart()
-            address = await relay.start(own.relay_listen)
-            log.info("relay listening", extra={"relay": address})
+            address = await relay.start(own.relay_listen, own.relay_socket)
+            log.info("relay listening", extra={"relay": address, "socket": relay.socket_path})
             tasks.append(asyncio.create_task(housekeeping()))
 
         async def on_stop() -> None:

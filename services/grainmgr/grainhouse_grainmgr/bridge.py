@@ -1,21 +1,23 @@
 """The grain's first process (PID 1 inside the sandbox): start the app, serve grainmgr on fd 3.
 
 Owns: the app's process (start, reap, SIGTERM/SIGKILL at shutdown), the grain's live sessions
-and prepared stream keys, and the byte streams spliced between grainmgr and the app.
-Trusts: grainmgr completely (fd 3 and fd 4 are its only channels in): its config in the
-`GRAINHOUSE_BRIDGE` environment variable, its calls on fd 3, its stream fds on fd 4.
-Never: imports anything but the standard library, pycapnp and splice.py (the stdlib-only
-byte splice next to this file, loaded by path) (it runs on Debian's
+and prepared stream keys, and each stream's connection to the app until it is handed to
+grainmgr (then grainmgr owns it: the bridge keeps no copy and sees no byte of it).
+Trusts: grainmgr completely (fd 3 and fd 4 are its only channels): its config in the
+`GRAINHOUSE_BRIDGE` environment variable, its calls on fd 3.
+Never: imports anything but the standard library and pycapnp (it runs on Debian's
 /usr/bin/python3 inside the sandbox, with only the pycapnp package mounted read-only next to
-it); parses HTTP (bytes are spliced unparsed); passes `GRAINHOUSE_*` variables to the app.
+it); parses HTTP or relays bytes; passes `GRAINHOUSE_*` variables to the app; reads fd 4.
 
 Channels (see proto/grain.capnp, section 5):
   fd 3  Cap'n Proto two-party connection; the bridge exports `Bridge` as bootstrap.
-  fd 4  a SOCK_SEQPACKET socket on which grainmgr sends, per stream, one datagram holding the
-        32-byte stream key with the stream's socket attached (SCM_RIGHTS). It replaces the
-        `streamSocket` path of the schema: the launcher cannot mount a per-grain host directory
-        at /run/grainhouse yet, and an fd handed over a private socket needs no listener and
-        no path a grain could race for.
+  fd 4  a SOCK_SEQPACKET socket on which the bridge sends grainmgr, per stream asked for with
+        `Bridge.openStream`, one datagram holding the 32-byte stream key with the stream's
+        socket attached (SCM_RIGHTS): a socket the bridge connected to the app. grainmgr's
+        relay then splices the frontend's connection straight to it: one relay hop instead of
+        two (the bridge used to take a socket pair's end here and splice it to the app).
+        An fd handed over a private socket needs no listener and no path a grain could race
+        for (the schema's `streamSocket` path is unused).
 Run as: /usr/bin/python3 -I -S -B <runtime>/bridge.py   (config in GRAINHOUSE_BRIDGE, JSON; the
 app usually already started by the sandbox next to us, its pid in GRAINHOUSE_CHILD_PID).
 """
@@ -69,6 +71,7 @@ if __name__ == "__main__":
 import array
 import asyncio
 import contextlib
+import errno
 import gc
 import importlib.util
 import signal
@@ -86,6 +89,9 @@ MAX_PREPARED_KEYS = 1024
 POLL_SECONDS = 0.02
 FAST_POLL_SECONDS = 0.001
 FAST_POLL_FOR_SECONDS = 2.0
+# A loopback connect while the app starts is answered at once (refused, or accepted into the
+# backlog); only a full backlog waits, and that already means the app listens.
+PROBE_TIMEOUT_SECONDS = 0.002
 # A ping while the app starts is answered when it listens, or after this long (far inside
 # grainmgr's ping timeout).
 PING_HOLD_SECONDS = 0.25
@@ -133,18 +139,36 @@ class App:
             raise
         return sock
 
+    def listens(self) -> bool:
+        """Whether the app accepts connections now: one synchronous loopback connect.
+
+        Cheaper than an event-loop connect (≈25 µs against ≈150 µs of CPU a try here): the
+        bridge tries every millisecond while the app starts, on the CPU the app starts on. On
+        loopback a connect is answered at once; a full backlog (no answer within the timeout)
+        means a listener too."""
+        if self.unix_socket is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = self.unix_socket
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = ("127.0.0.1", self.port)
+        with sock:
+            sock.settimeout(PROBE_TIMEOUT_SECONDS)
+            return sock.connect_ex(address) in (0, errno.EAGAIN, errno.EINPROGRESS)
+
     async def wait_listening(self) -> None:
         started = time.monotonic()
         where = self.unix_socket or f"127.0.0.1:{self.port}"
         while self.exit_status is None:
             try:
-                (await self.connect()).close()
+                listens = self.listens()
+            except OSError:  # no socket to try with (fds exhausted): try again later
+                listens = False
+            if listens:
                 self.listening = True
                 self.listening_now.set()
                 say(f"the app listens on {where} after {time.monotonic() - started:.2f}s")
                 return
-            except OSError:
-                pass
             if time.monotonic() - started > self.start_timeout:
                 say(
                     f"the app did not listen on {where} within {self.start_timeout:.0f}s: check "
@@ -161,14 +185,16 @@ class App:
 
 
 class Grain:
-    """Sessions, prepared stream keys and live streams of this grain."""
+    """Sessions, prepared stream keys and the streams being connected for this grain."""
 
     def __init__(self, app: App, view_info: dict[str, Any]) -> None:
         self.app = app
         self.view_info = view_info
         self.sessions: dict[str, dict[str, Any]] = {}
         self.keys: dict[bytes, tuple[str, float]] = {}
-        self.streams: set[asyncio.Task[None]] = set()
+        self.channel: socket.socket | None = None  # fd 4, set by serve()
+        self.opening = 0  # streams being connected to the app right now
+        self.handed = 0  # streams handed to grainmgr since the start (ping's openStreams)
         self.started = time.monotonic()
         self.shutting_down = False
         self.done = asyncio.Event()
@@ -183,56 +209,45 @@ class Grain:
             raise ValueError("unknown session id")
         if len(key) != KEY_BYTES:
             raise ValueError("a stream key is 32 bytes")
-        if len(self.streams) >= MAX_STREAMS or len(self.keys) >= MAX_PREPARED_KEYS:
+        if self.opening >= MAX_STREAMS or len(self.keys) >= MAX_PREPARED_KEYS:
             raise OverflowError("too many streams")
         self.keys[key] = (session_id, now + KEY_TTL_SECONDS)
 
-    def accept(self, key: bytes, sock: socket.socket) -> None:
-        entry = self.keys.pop(key, None)
-        if entry is None or entry[1] < time.monotonic() or entry[0] not in self.sessions:
-            sock.close()
-            return
-        task = asyncio.get_running_loop().create_task(self._splice(sock, entry[0]))
-        self.streams.add(task)
-        self.sessions[entry[0]]["streams"].add(task)
-        task.add_done_callback(self._forget(entry[0]))
-
-    def _forget(self, session_id: str) -> Any:
-        def done(task: asyncio.Task[None]) -> None:
-            self.streams.discard(task)
-            session = self.sessions.get(session_id)
-            if session is not None:
-                session["streams"].discard(task)
-
-        return done
-
-    async def _splice(self, outside: socket.socket, session_id: str) -> None:
-        outside.setblocking(False)
+    async def hand_over(self, key: bytes) -> None:
+        """Connect to the app for a prepared key (waiting for a starting app to listen) and
+        send the connected socket to grainmgr on fd 4 under that key; no copy is kept. Fails
+        (ValueError, OSError) when the key is unknown, its session ended meanwhile, the app
+        cannot be reached or fd 4 stays full."""
+        entry = self.keys.get(key)
+        if entry is None or self.channel is None:
+            raise ValueError("unknown stream key")
+        self.opening += 1
         try:
+            if not self.app.listening and self.app.exit_status is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.app.listening_now.wait(), self.app.start_timeout)
             inside = await self.app.connect()
         except OSError as exc:
+            self.keys.pop(key, None)
             say(f"cannot reach the app for a stream: {exc.strerror}")
-            outside.close()
-            return
-        except BaseException:  # cancelled (the session ended) while connecting
-            outside.close()
             raise
-        # Memory stays flat whatever the size (bounded write buffers, backpressure); EOF
-        # passes through as a half-close. TCP_QUICKACK after every read from the app: see
-        # splice.py (apps that write a response in pieces without TCP_NODELAY).
-        relay = splice.Splice(quickack_b=True)
+        finally:
+            self.opening -= 1
         try:
-            await relay.start(outside, inside)  # the splice owns (and closes) both sockets
-        except OSError:
-            return
-        await relay.wait()  # cancelled by close_session: both sockets dropped at once
+            session = self.sessions.get(entry[0])
+            if self.keys.pop(key, None) is None or session is None:
+                raise ValueError("the session ended")  # close_session while we connected
+            await send_stream(self.channel, key, inside)
+            session["streams"] += 1
+            self.handed += 1
+        finally:
+            inside.close()  # grainmgr holds its own copy now (or the stream failed)
 
     def close_session(self, session_id: str) -> None:
-        session = self.sessions.pop(session_id, None)
-        if session is None:
+        """Forget a session and its unused keys. Its open streams are grainmgr's: grainmgr
+        ends a session only when none is open, and cuts them all when the grain stops."""
+        if self.sessions.pop(session_id, None) is None:
             return
-        for task in list(session["streams"]):
-            task.cancel()
         for key in [k for k, (s, _) in self.keys.items() if s == session_id]:
             del self.keys[key]
 
@@ -251,22 +266,6 @@ class Grain:
             self.app.signal(signal.SIGKILL)
             self.done.set()
         await self.done.wait()
-
-
-def load_splice() -> Any:
-    """splice.py (the Protocol pair grainmgr's relay uses too), from next to this file: in the
-    grain, `python3 -I` puts no directory of ours on sys.path, and Landlock would not let the
-    path finder list it anyway."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splice.py")
-    spec = importlib.util.spec_from_file_location("grainhouse_bridge_splice", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no splice.py at {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-splice = load_splice()
 
 
 def make_bridge_server(schema: Any, grain: Grain) -> Any:
@@ -294,13 +293,15 @@ def make_bridge_server(schema: Any, grain: Grain) -> Any:
             sid = params.sessionId
             if not sid or sid in grain.sessions:
                 raise ValueError("session ids are never reused")
-            grain.sessions[sid] = {"params": params.to_dict(), "streams": set()}
+            grain.sessions[sid] = {"params": params.to_dict(), "streams": 0}
             return SessionHandle(sid)
 
         async def openStream(self, sessionId: str, streamKey: bytes, **_: Any) -> None:
             if grain.shutting_down:
                 raise RuntimeError("the grain is shutting down")
-            grain.prepare(sessionId, bytes(streamKey))
+            key = bytes(streamKey)
+            grain.prepare(sessionId, key)
+            await grain.hand_over(key)  # the socket is on fd 4 before this call answers
 
         async def ping(self, **_: Any) -> Any:
             if not grain.app.listening and grain.app.exit_status is None:
@@ -311,7 +312,7 @@ def make_bridge_server(schema: Any, grain: Grain) -> Any:
             return schema.Health.new_message(
                 appListening=grain.app.listening,
                 uptimeSeconds=int(time.monotonic() - grain.started),
-                openStreams=len(grain.streams),
+                openStreams=grain.handed,
                 liveSessions=len(grain.sessions),
             )
 
@@ -321,29 +322,17 @@ def make_bridge_server(schema: Any, grain: Grain) -> Any:
     return Bridge()
 
 
-def receive_streams(grain: Grain, channel: socket.socket) -> None:
-    """fd 4 readable: take every waiting (key, fd) datagram."""
-    fds = array.array("i")
-    while True:
+async def send_stream(channel: socket.socket, key: bytes, sock: socket.socket) -> None:
+    """One datagram on fd 4: `key` with `sock` attached. grainmgr reads fd 4 in batches; a
+    full socket is waited on a little, then the stream fails."""
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
+    for _ in range(200):
         try:
-            data, ancdata, _flags, _addr = channel.recvmsg(
-                KEY_BYTES + 1, socket.CMSG_SPACE(fds.itemsize)
-            )
+            channel.sendmsg([key], rights)
+            return
         except BlockingIOError:
-            return
-        except OSError:
-            data, ancdata = b"", []
-        received: list[int] = []
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                received.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
-        if not data and not received:
-            asyncio.get_running_loop().remove_reader(channel.fileno())
-            return
-        for extra in received[1:]:
-            os.close(extra)
-        if received:
-            grain.accept(data, socket.socket(fileno=received[0]))
+            await asyncio.sleep(0.01)
+    raise OSError("grainmgr does not read fd 4")
 
 
 def reap(grain: Grain) -> None:
@@ -380,6 +369,24 @@ def load_capnp(package_dir: str) -> Any:
     return module
 
 
+# grain.capnp as the fork server parsed it before forking (`preload_schema`); None in a bridge
+# exec'd as a script, which loads the config's `schema` itself.
+PRELOADED_SCHEMA: Any = None
+
+
+def preload_schema() -> None:
+    """Parse grain.capnp once, in the fork server: a bridge run in the init (`run_in_init`)
+    then skips the parse (≈3 ms of CPU beside the app's start, at every cold start). The file
+    is this package's schema/grain.capnp, the one grainmgr mounts into every grain as the
+    config's `schema` (grains.RUNTIME_INSIDE): the same bytes either way."""
+    global PRELOADED_SCHEMA
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "grain.capnp")
+    try:
+        PRELOADED_SCHEMA = load_capnp("").load(path)
+    except Exception:  # each bridge then loads (and reports a failure of) the config's own
+        PRELOADED_SCHEMA = None
+
+
 async def serve(config: dict[str, Any]) -> int:
     app = App(config)
     grain = Grain(app, config.get("view_info", {"permissions": [], "roles": []}))
@@ -394,10 +401,10 @@ async def serve(config: dict[str, Any]) -> int:
     reap(grain)  # an app started early may have exited before SIGCHLD had a handler
     # pycapnp and the schema load while the app starts (≈100 ms of a cold open otherwise).
     capnp = load_capnp(config["capnp_package"])
-    schema = capnp.load(config["schema"])
+    schema = PRELOADED_SCHEMA or capnp.load(config["schema"])
     channel = socket.socket(fileno=STREAM_FD)
     channel.setblocking(False)
-    loop.add_reader(STREAM_FD, receive_streams, grain, channel)
+    grain.channel = channel  # written by hand_over, never read: grainmgr only reads it
     async with capnp.kj_loop():
         control = socket.socket(fileno=CONTROL_FD)
         stream = await capnp.AsyncIoStream.create_unix_connection(sock=control)

@@ -1,10 +1,16 @@
 """grainmgr's end of a grain's control channels: Cap'n Proto on fd 3, stream hand-over on fd 4.
 
 Owns: the two socket pairs made for one grain start, the two-party RPC client on the first
-and the SEQPACKET hand-over socket on the second; the loaded grain.capnp schema.
-Trusts: nothing the bridge answers: every reply is bounded (traversal limit, caps on view
-info) and a malformed one ends the connection, which grains.py treats as a crash.
-Never: blocks the event loop; sends anything on fd 4 but a stream key with one fd.
+and the SEQPACKET hand-over socket on the second: its reader, the stream requests waiting for
+their socket, and every fd the grain sends until it is checked and handed out (or closed);
+the loaded grain.capnp schema.
+Trusts: nothing the bridge answers or sends. Every reply is bounded (traversal limit, caps on
+view info) and a malformed one ends the connection, which grains.py treats as a crash. Every
+fd arriving on fd 4 is hostile until checked: exactly one per datagram, a connected-kind
+stream socket (TCP over AF_INET/AF_INET6, or AF_UNIX), not listening, under a key that
+grainmgr asked for and still waits for; anything else is closed at once.
+Never: blocks the event loop (fd 4 is read in bounded batches); keeps an fd it did not hand
+out; writes on fd 4 (only the grain sends on it).
 
 Must run inside `capnp.kj_loop()` (grainmgr's __main__ arranges it).
 """
@@ -14,7 +20,11 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import logging
+import os
+import secrets
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,28 @@ TRAVERSAL_LIMIT_WORDS = 64 * 1024
 MAX_VIEW_PERMISSIONS = 64
 MAX_VIEW_ROLES = 32
 MAX_TEXT = 1024
+
+# Streams (fd 4): grainmgr asks for one with Bridge.openStream; the bridge connects to its app
+# and sends the connected socket back, in one datagram whose bytes are the request's key.
+KEY_BYTES = 32
+# Open streams of one grain (grains.connect_stream refuses more; the bridge kept this limit
+# when it spliced the streams itself).
+MAX_OPEN_STREAMS = 256
+# Stream requests of one grain waiting for their socket at once (more are refused).
+MAX_PENDING_STREAMS = 64
+# From openStream to its socket (the bridge may wait for a starting app to listen).
+STREAM_OPEN_SECONDS = 10.0
+# Datagrams read per wakeup of fd 4: a grain flooding it cannot hold grainmgr's loop.
+READ_BATCH = 32
+# Room for this many fds per datagram, so that extras arrive (to be closed) rather than be
+# cut off; a datagram with more still sets MSG_CTRUNC and is dropped whole.
+FDS_ROOM = 8
+# A grain whose fd 4 brought this many bad datagrams (no fd, several, not a stream socket,
+# unknown or late key) is not read any more: its further streams are refused.
+MAX_BAD_DATAGRAMS = 64
+_INET_KINDS = (socket.AF_INET, socket.AF_INET6)
+
+log = logging.getLogger("grainhouse.grainmgr.control")
 
 _SCHEMA: Any = None
 
@@ -86,12 +118,19 @@ class BridgeClient:
         self._client: Any = None
         self._bridge: Any = None
         self.disconnected: asyncio.Future[Any] | None = None
+        # Stream requests waiting for their socket, by key.
+        self._pending: dict[bytes, asyncio.Future[socket.socket]] = {}
+        self._reading = False
+        self.bad_datagrams = 0
 
     async def connect(self) -> None:
         stream = await capnp.AsyncIoStream.create_unix_connection(sock=self.ends.control_ours)
         self._client = capnp.TwoPartyClient(stream, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS)
         self._bridge = self._client.bootstrap().cast_as(schema().Bridge)
         self.disconnected = asyncio.ensure_future(self._client.on_disconnect())
+        self.ends.streams_ours.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.ends.streams_ours.fileno(), self._receive)
+        self._reading = True
 
     async def ping(self) -> bool:
         try:
@@ -108,23 +147,104 @@ class BridgeClient:
             raise _kj_error(exc, "newSession") from exc
         return reply.session
 
-    async def open_stream(self, session_id: str, key: bytes, sock: socket.socket) -> None:
-        """Prepare the stream on the bridge, then hand it our socket's peer."""
-        try:
-            await self._bridge.openStream(session_id, key)
-        except capnp.KjException as exc:
-            raise GrainhouseError(Kind.UNAVAILABLE, "the grain refused a stream") from exc
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
-        for _ in range(200):
+    async def open_stream(self, session_id: str) -> socket.socket:
+        """One stream of a session: the bridge connects to its app and hands the connected
+        socket back on fd 4 under a fresh key. The socket is ours (to close), non-blocking,
+        checked by `_receive`. Fails (UNAVAILABLE, OVERLOADED) when the grain refuses, is
+        gone, has too many requests waiting, or sends nothing within STREAM_OPEN_SECONDS."""
+        if not self._reading:
+            raise GrainhouseError(Kind.UNAVAILABLE, "the grain's stream channel is closed")
+        if len(self._pending) >= MAX_PENDING_STREAMS:
+            raise GrainhouseError(Kind.OVERLOADED, "the grain does not take new streams")
+        key = secrets.token_bytes(KEY_BYTES)
+        got: asyncio.Future[socket.socket] = asyncio.get_running_loop().create_future()
+        self._pending[key] = got
+
+        async def call() -> socket.socket:
             try:
-                self.ends.streams_ours.sendmsg([key], rights)
+                await self._bridge.openStream(session_id, key)
+            except capnp.KjException as exc:
+                raise GrainhouseError(Kind.UNAVAILABLE, "the grain refused a stream") from exc
+            # The bridge sends the socket before it answers: it is here or on its way.
+            return await asyncio.shield(got)
+
+        handed = False
+        try:
+            sock = await asyncio.wait_for(call(), STREAM_OPEN_SECONDS)
+            handed = True
+            return sock
+        except TimeoutError as exc:
+            raise GrainhouseError(Kind.UNAVAILABLE, "the grain sent no stream in time") from exc
+        finally:
+            self._pending.pop(key, None)
+            if not handed:
+                if got.done() and not got.cancelled() and got.exception() is None:
+                    got.result().close()  # came just as we gave up: nobody else has it
+                else:
+                    got.cancel()
+
+    def _receive(self) -> None:
+        """fd 4 readable: up to READ_BATCH datagrams, each (key, one fd) or dropped whole."""
+        channel = self.ends.streams_ours
+        for _ in range(READ_BATCH):
+            try:
+                data, ancdata, flags, _ = channel.recvmsg(
+                    KEY_BYTES + 1, socket.CMSG_SPACE(FDS_ROOM * 4), socket.MSG_CMSG_CLOEXEC
+                )
+            except (BlockingIOError, InterruptedError):
                 return
-            except BlockingIOError:
-                # A grain that never reads fd 4 fills it; we wait a little, then give up.
-                await asyncio.sleep(0.01)
-            except OSError as exc:
-                raise GrainhouseError(Kind.UNAVAILABLE, "the grain is gone") from exc
-        raise GrainhouseError(Kind.OVERLOADED, "the grain does not take new streams")
+            except OSError:
+                self._stop_reading("the grain's stream channel failed")
+                return
+            fds: list[int] = []
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+            if not data and not fds and not flags & socket.MSG_CTRUNC:
+                self._stop_reading("")  # the grain closed its end (or sent an empty datagram)
+                return
+            sock = self._take(data, fds, flags)
+            if sock is None:
+                self.bad_datagrams += 1
+                if self.bad_datagrams >= MAX_BAD_DATAGRAMS:
+                    self._stop_reading("too many bad datagrams on the grain's stream channel")
+                    return
+
+    def _take(self, key: bytes, fds: list[int], flags: int) -> socket.socket | None:
+        """The checked socket of one datagram, handed to its waiting request; None when the
+        datagram was bad (every fd in it is closed)."""
+        waiter = self._pending.get(key) if len(key) == KEY_BYTES else None
+        bad = (
+            flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC)
+            or len(fds) != 1
+            or waiter is None
+            or waiter.done()
+        )
+        if bad:
+            for fd in fds:
+                os.close(fd)
+            return None
+        sock = _check_fd(fds[0])
+        if sock is None:
+            return None
+        assert waiter is not None
+        del self._pending[key]
+        waiter.set_result(sock)
+        return sock
+
+    def _stop_reading(self, why: str) -> None:
+        if self._reading:
+            self._reading = False
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.ends.streams_ours.fileno())
+            if why:
+                log.warning("%s; its streams are refused from now on", why)
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(
+                    GrainhouseError(Kind.UNAVAILABLE, "the grain's stream channel is closed")
+                )
+        self._pending.clear()
 
     async def view_info(self) -> dict[str, Any]:
         try:
@@ -154,4 +274,41 @@ class BridgeClient:
             self._client = None
         if self.disconnected is not None and not self.disconnected.done():
             self.disconnected.cancel()
+        self._stop_reading("")  # before the socket closes: the loop must not watch a dead fd
         self.ends.close()
+
+
+def _check_fd(fd: int) -> socket.socket | None:
+    """`fd` as a non-blocking socket if it is a stream socket grainmgr may splice (TCP over
+    AF_INET/AF_INET6, or AF_UNIX; not listening), else None (and `fd` closed)."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None
+    try:
+        domain = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        proto = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        ok = (
+            kind == socket.SOCK_STREAM
+            and not listening
+            and (
+                (domain in _INET_KINDS and proto == socket.IPPROTO_TCP)
+                or (domain == socket.AF_UNIX and proto == 0)
+            )
+        )
+        if ok:
+            sock.setblocking(False)
+            if domain in _INET_KINDS:
+                # Bytes are forwarded as they come (see relay.py): no Nagle on this side either.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+    except OSError:
+        pass
+    sock.close()
+    return None

@@ -257,6 +257,8 @@ def _preload_bridge() -> None:
         import capnp  # noqa: F401 - preloaded for the bridge (bridge.load_capnp finds it)
 
         from grainhouse_grainmgr import bridge
+
+        bridge.preload_schema()
     except ImportError as exc:
         print(f"fork server: the bridge runs exec'd (no preload: {exc})", file=sys.stderr)
         return

@@ -22,8 +22,9 @@ import time
 import zlib
 
 from grainhouse_grainmgr import admission, quota, sandbox, sandbox_layout, sandbox_plan
+from grainhouse_grainmgr.cgroups import GrainCgroup
 from grainhouse_grainmgr.forkserver_grains import Grain
-from grainhouse_grainmgr.forkserver_spares import SparesMixin
+from grainhouse_grainmgr.forkserver_spares import Spare, SparesMixin
 from grainhouse_grainmgr.logsink import LogSink
 from grainhouse_grainmgr.spec import SandboxError, SpawnSpec
 
@@ -51,28 +52,25 @@ class SpawnMixin(SparesMixin):
         if self.root_mode:
             self._own_storage(spec.var_dir, uid)
         limits = spec.limits
-        cgroup = None
+        cgroup: GrainCgroup | None = None
+        sink: LogSink | None = None
         spare = self._take_spare() if admit else None
-        if self.cgroups is not None:
-            try:
-                if spare is not None and spare.cgroup is not None:
-                    cgroup = self.cgroups.adopt(
-                        spare.cgroup, spec.grain_id, limits.memory_bytes, limits.pids
-                    )
-                else:
+        if spare is None:
+            # A fresh outer process joins the cgroup itself: it must exist before the fork.
+            if self.cgroups is not None:
+                try:
                     cgroup = self.cgroups.create(spec.grain_id, limits.memory_bytes, limits.pids)
-            except OSError as exc:
-                if spare is not None:
-                    self._retire(spare)
-                raise SandboxError("unavailable", f"creating the grain's cgroup: {exc}") from exc
-        try:
-            sink = LogSink(spec.log_path, limits.log_bytes, limits.log_keep)
-        except OSError as exc:
-            if spare is not None:
-                self._retire(spare)
-            if cgroup:
-                cgroup.kill_and_remove()
-            raise SandboxError("invalid", f"opening log_path: {exc.strerror}") from exc
+                except OSError as exc:
+                    raise SandboxError(
+                        "unavailable", f"creating the grain's cgroup: {exc}"
+                    ) from exc
+            try:
+                sink = self._sink(spec)
+            except SandboxError:
+                if cgroup:
+                    cgroup.kill_and_remove()
+                raise
+        has_cgroup = self.cgroups is not None and (spare is None or spare.cgroup is not None)
         # A grain that restarts over its quota must not get a writable /var until the next
         # periodic measurement: measure now, before anything runs.
         var_used = quota.measure(spec.var_dir) if limits.var_quota_bytes else 0
@@ -95,7 +93,8 @@ class SpawnMixin(SparesMixin):
             tmp_bytes=limits.tmp_bytes,
             shm_bytes=limits.shm_bytes,
             fsize_bytes=limits.var_quota_bytes,
-            address_space_bytes=0 if cgroup else limits.memory_bytes,
+            # With a spare, its cgroup is adopted only after the plan left (see below).
+            address_space_bytes=0 if has_cgroup else limits.memory_bytes,
             nproc=limits.pids,
             seccomp_program=self.seccomp_program,
             landlock=self.landlock,
@@ -120,7 +119,14 @@ class SpawnMixin(SparesMixin):
         for fd in (log_w, report_w, go_r):
             os.close(fd)
         try:
-            init_pid = self._handshake(outer, uid, report_r, go_w)
+            if spare is not None:
+                # While the spare's init takes its plan, its cgroup gets the grain's name and
+                # limits and the log its sink; then its uid map and "G" (its namespaces exist
+                # since it was made: no need to wait for its "U", which saves the init a wait
+                # for us). The init opens, mounts and runs nothing of the grain's before "G".
+                cgroup, sink = self._adopt(spec, spare)
+                self._map_ids(outer, uid, go_w)
+            init_pid = self._handshake(outer, uid, report_r, go_w, mapped=spare is not None)
             if spare is not None:
                 init_pid = spare.init_pid
         except SandboxError:
@@ -128,13 +134,15 @@ class SpawnMixin(SparesMixin):
                 os.kill(outer, signal.SIGKILL)
             os.waitpid(outer, 0)
             os.close(log_r)
-            sink.close()
+            if sink is not None:
+                sink.close()
             if cgroup:
                 cgroup.kill_and_remove()
             raise
         finally:
             os.close(report_r)
             os.close(go_w)
+        assert sink is not None  # made on either path above
         pidfd = os.pidfd_open(outer)
         os.set_blocking(log_r, False)
         grain = Grain(spec.grain_id, spec, outer, init_pid, pidfd, log_r, sink, cgroup, uid)
@@ -147,11 +155,41 @@ class SpawnMixin(SparesMixin):
             self.selector.register(log_r, selectors.EVENT_READ, "log")
         return grain
 
-    def _handshake(self, outer: int, uid: int, report_r: int, go_w: int) -> int:
+    def _sink(self, spec: SpawnSpec) -> LogSink:
+        try:
+            return LogSink(spec.log_path, spec.limits.log_bytes, spec.limits.log_keep)
+        except OSError as exc:
+            raise SandboxError("invalid", f"opening log_path: {exc.strerror}") from exc
+
+    def _adopt(self, spec: SpawnSpec, spare: Spare) -> tuple[GrainCgroup | None, LogSink]:
+        """A spare's cgroup renamed to the grain's, with its limits, and the grain's log sink.
+        On failure nothing is left of either (the caller kills the spare)."""
+        cgroup = None
+        if self.cgroups is not None and spare.cgroup is not None:
+            limits = spec.limits
+            try:
+                cgroup = self.cgroups.adopt(
+                    spare.cgroup, spec.grain_id, limits.memory_bytes, limits.pids
+                )
+            except OSError as exc:
+                spare.cgroup.kill_and_remove()
+                raise SandboxError("unavailable", f"creating the grain's cgroup: {exc}") from exc
+        try:
+            return cgroup, self._sink(spec)
+        except SandboxError:
+            if cgroup:
+                cgroup.kill_and_remove()
+            raise
+
+    def _handshake(
+        self, outer: int, uid: int, report_r: int, go_w: int, *, mapped: bool = False
+    ) -> int:
+        """Follow the report pipe until EOF (exec'd) or a failure; answer "U" with the uid
+        map and "G" unless the map was written already (`mapped`: a spare's)."""
         deadline = time.monotonic() + SPAWN_TIMEOUT
         buffer = b""
         init_pid = 0
-        mapped = False
+        asked = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -167,13 +205,14 @@ class SpawnMixin(SparesMixin):
                 line, buffer = buffer.split(b"\n", 1)
                 text = line.decode(errors="replace")
                 if text == "U":
-                    self._map_ids(outer, uid, go_w)
-                    mapped = True
+                    if not mapped:
+                        self._map_ids(outer, uid, go_w)
+                    asked = True
                 elif text.startswith("P"):
                     init_pid = int(text[1:])
                 elif text.startswith("E"):
                     raise SandboxError("internal", f"sandbox set-up failed at {text[1:]}")
-        if not mapped:
+        if not asked:
             raise SandboxError("internal", "the sandbox ended before it asked for its uid map")
         return init_pid
 

@@ -38,7 +38,7 @@ from grainhouse_grainmgr import metrics
 
 # The app's environment is built by the bridge's own function (stdlib only), whoever starts it.
 from grainhouse_grainmgr.bridge import app_env
-from grainhouse_grainmgr.control import BridgeClient, GrainEnds, schema_path
+from grainhouse_grainmgr.control import MAX_OPEN_STREAMS, BridgeClient, GrainEnds, schema_path
 from grainhouse_grainmgr.launcher import Launcher, Limits, SandboxError, SpawnSpec
 from grainhouse_grainmgr.packages import Packages, view_info
 from grainhouse_grainmgr.running import (
@@ -116,11 +116,10 @@ class Grains:
         self.running: dict[str, Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._crashes: dict[str, list[float]] = {}
-        # A grain's app never changes: known, the start reads the grain and the app's
-        # current package at once.
-        self._app_ids: dict[str, str] = {}
-        # Installed packages never change (their id is their content's hash): read once.
+        # Installed packages never change (their id is their content's hash): their files'
+        # manifest and their records (only the unchanging fields are read) are read once.
         self._installed: dict[str, Any] = {}
+        self._package_rows: dict[str, Any] = {}
         # Grains being exported (no second export at once); set when the export ends.
         self.busy: dict[str, asyncio.Event] = {}
 
@@ -146,11 +145,24 @@ class Grains:
             raise GrainhouseError(Kind.INVALID, "grain_id is required")
         if len(grain_id) > 64:
             raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
+        running = self.running.get(grain_id)
+        if running is not None and running.recorded is not None and not running.recorded.done():
+            # A cold open replies before its state=running write lands: a read that follows
+            # the reply (through grainmgr) still sees it.
+            await running.settled()
         row = await self.store.get_grain(grain_id)
         if row is None:
             raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
-        self._app_ids[grain_id] = row.app_id
         return row
+
+    async def writes_settled(self) -> None:
+        """Every start's state write still in flight is done: a list of rows read after this
+        shows what the replies to those starts said."""
+        pending = [
+            r.recorded for r in self.running.values() if r.recorded and not r.recorded.done()
+        ]
+        if pending:
+            await asyncio.wait(pending)
 
     async def _set_state(
         self, grain_id: str, state: str, event: str | None, owner: str | None = None, **more: Any
@@ -330,14 +342,13 @@ class Grains:
         self, grain_id: str, started: float, first_session: dict[str, Any] | None
     ) -> Running:
         steps = {"in": started}
-        app_id = self._app_ids.get(grain_id)
-        current: Any = None
-        if app_id is None:
-            row = await self.get(grain_id)
-        else:
-            row, current = await asyncio.gather(
-                self.get(grain_id), self.store.current_package(app_id)
-            )
+        if not grain_id or len(grain_id) > 64:
+            await self.get(grain_id)  # raises the usual error
+        # One statement: the row and the app's current package (no second connection).
+        found = await self.store.grain_to_start(grain_id)
+        if found is None:
+            raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
+        row = found.row
         if row.trashed_at is not None:
             raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
         recent = [
@@ -354,7 +365,9 @@ class Grains:
             )
         if len(self.running) >= self.settings.max_running:
             raise GrainhouseError(Kind.OVERLOADED, "no capacity to start another grain")
-        package = await self._package_for_start(row, current)
+        package = await self._package_for_start(
+            row, found.current_package_id, found.current_version
+        )
         installed = self._installed.get(package.package_id)
         if installed is None:
             installed = self._installed[package.package_id] = self.packages.installed(
@@ -471,6 +484,7 @@ class Grains:
                 grain_id, "running", "started", row.owner_id, last_used_at=running.used_at, **moved
             )
         )
+        running.recorded.add_done_callback(_report_record_failure(grain_id))
         steps["ready"] = time.monotonic()
         running.steps = steps
         running.ready = True
@@ -486,17 +500,31 @@ class Grains:
             if early.done() and not early.cancelled():
                 early.exception()  # retrieved: no "exception was never retrieved" warning
 
-    async def _package_for_start(self, row: GrainRow, current: Any = None) -> Any:
+    async def _package_for_start(
+        self, row: GrainRow, current_id: str | None, current_version: int
+    ) -> Any:
         """The app's current version (grains move up at start), else the grain's own."""
-        if current is None:
-            current = await self.store.current_package(row.app_id)
-        if current is not None and (row.package_id is None or current.version >= row.app_version):
-            return current
+        if current_id is not None and (
+            row.package_id is None or current_version >= row.app_version
+        ):
+            current = await self._package_row(current_id)
+            if current is not None:
+                return current
         if row.package_id is not None:
-            own = await self.store.get_package(row.package_id)
+            own = await self._package_row(row.package_id)
             if own is not None:
                 return own
         raise GrainhouseError(Kind.CONFLICT, "the grain's app is not installed")
+
+    async def _package_row(self, package_id: str) -> Any:
+        """A package's record, read once: what a start uses of it (id, version, manifest)
+        never changes, the id being its content's hash. None if it is not installed."""
+        package = self._package_rows.get(package_id)
+        if package is None:
+            package = await self.store.get_package(package_id)
+            if package is not None:
+                self._package_rows[package_id] = package
+        return package
 
     async def _until_listening(self, bridge: BridgeClient) -> None:
         # The bridge holds a ping until the app listens (or a quarter second): ask again at
@@ -647,7 +675,6 @@ class Grains:
             await asyncio.to_thread(shutil.rmtree, self.grain_dir(grain_id), True)
         self._locks.pop(grain_id, None)
         self._crashes.pop(grain_id, None)
-        self._app_ids.pop(grain_id, None)
         if self.auth is not None:
             await self.auth.forget(grain_id)
         await self.bus.publish(
@@ -710,10 +737,13 @@ class Grains:
 
     async def _touch_row(self, running: Running, *, first: bool) -> dt.datetime:
         """Record a use of the grain; returns the last_used_at written."""
+        if first and running.used_at is not None:
+            # The start's own write sets it. The reply does not wait for that write (a
+            # DB round trip on every cold open's way): reads through grainmgr (`get`,
+            # `writes_settled`) and every later write of this row wait for it instead.
+            return running.used_at
         if running.recorded is not None:
             await asyncio.shield(running.recorded)  # in order: one row, one writer at a time
-        if first and running.used_at is not None:
-            return running.used_at  # the start's own write set it
         used = now()
         await self.store.update_grain(running.grain_id, last_used_at=used, durable=False)
         return used
@@ -727,18 +757,24 @@ class Grains:
         return self.keys.issue(grain_id, session_id)
 
     async def connect_stream(
-        self, grain_id: str, session_id: str, sock: socket.socket
-    ) -> tuple[Callable[[], None], Callable[[], None]]:
-        """Relay's connector: hand `sock`'s peer to the grain for one stream of a session."""
+        self, grain_id: str, session_id: str
+    ) -> tuple[socket.socket, Callable[[], None], Callable[[], None]]:
+        """Relay's connector: a socket connected to the grain's app for one stream of a
+        session (the bridge connects it and hands it over on fd 4; ours to close)."""
         running = self.running.get(grain_id)
         if running is None or running.stopping or session_id not in running.sessions:
             raise GrainhouseError(Kind.NOT_FOUND, "the session ended")
-        await running.bridge.open_stream(session_id, secrets.token_bytes(32), sock)
+        if len(running.streams) >= MAX_OPEN_STREAMS:
+            raise GrainhouseError(Kind.OVERLOADED, "the grain has too many open streams")
+        sock = await running.bridge.open_stream(session_id)
+        session = running.sessions.get(session_id)
+        if running.stopping or session is None or self.running.get(grain_id) is not running:
+            sock.close()  # the grain stopped (or the session ended) while the bridge connected
+            raise GrainhouseError(Kind.NOT_FOUND, "the session ended")
         task = asyncio.current_task()
         assert task is not None
-        running.streams.add(task)
+        running.streams.add(task)  # cancelled (the splice aborted) when the grain stops
         running.touch()
-        session = running.sessions[session_id]
         session.open_streams += 1
 
         def done() -> None:
@@ -747,7 +783,7 @@ class Grains:
             session.open_streams -= 1
             session.last_used = time.monotonic()
 
-        return running.touch, done
+        return sock, running.touch, done
 
     async def recover_after_restart(self) -> None:
         """Grains recorded as live belong to a previous grainmgr whose sandboxes are gone."""
@@ -756,6 +792,17 @@ class Grains:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(g) for g in list(self.running)), return_exceptions=True)
+
+
+def _report_record_failure(grain_id: str) -> Callable[[asyncio.Future[None]], None]:
+    """The start's state write runs on after the reply: a failure is logged here (the grain
+    runs; its row says "starting" until a later write about it lands)."""
+
+    def done(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            log.warning("grain %s: recording state=running failed: %s", grain_id, exc)
+
+    return done
 
 
 def du(path: Path) -> int:

@@ -18,6 +18,7 @@ module here is imported once by the fork server, before it forks).
 Wire between the fork server and a grain's processes (the report pipe, newline-framed):
   "P<pid>" the init exists (its host pid; a spare says this on its socket instead)
   "U"      the init has its plan; the server writes uid_map / gid_map and answers "G" on go
+           (a spare's map is written when its plan is sent: its "G" is already waiting)
   "E<msg>" a step failed (the message names it); the process exits 127
   EOF      the init exec'd (the pipe is close-on-exec), after starting its child if the plan
            has one (SpawnSpec.child_argv), and the outer process closed its copy

@@ -141,7 +141,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
 
     def relay_address(self) -> str:
         """Where the frontend dials for grain traffic (the relay binds once the service runs)."""
-        return advertised_relay(self.relay_advertise, self.relay.address)
+        return advertised_relay(self.relay_advertise, self.relay.address, self.relay.socket_path)
 
     # -- packages -----------------------------------------------------------------------------
 
@@ -215,6 +215,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
         trashed = (
             "only" if request.only_trashed else "include" if request.include_trashed else "exclude"
         )
+        await self.grains.writes_settled()  # cold opens answered before their state write
         rows = await self.grains.store.list_grains(
             request.owner_account_id, request.app_id, trashed, offset, size
         )

@@ -24,13 +24,24 @@ class GrainmgrSettings(ServiceSettings):
         "127.0.0.1:0",
         description="host:port of the byte-stream relay the frontend sends grain traffic to.",
     )
+    relay_socket: str = Field(
+        "",
+        description=(
+            "Absolute path of a Unix socket on which the relay also listens (same handshake; "
+            "cheaper than loopback TCP for a frontend on the same host). Empty: off. When set, "
+            "OpenSession hands out `unix:<path>` unless relay_advertise says otherwise. The "
+            "socket is made mode 0600: the frontend must run as the same user (as under "
+            "`grainhouse up`, which sets this to `<data dir>/run/relay/relay.sock`)."
+        ),
+    )
     relay_advertise: str = Field(
         "",
         description=(
-            "host:port (or host alone: the relay's port is added) that OpenSession tells the "
-            "frontend to dial for grain traffic. Empty: the relay's own address, with a "
-            "wildcard host (0.0.0.0, ::) read as 127.0.0.1. Set it when the relay listens on "
-            "all interfaces, e.g. `grainmgr:7004` in compose."
+            "host:port (or host alone: the relay's port is added), or `unix:<path>`, that "
+            "OpenSession tells the frontend to dial for grain traffic. Empty: `unix:` and "
+            "relay_socket when that is set, else the relay's own address, with a wildcard "
+            "host (0.0.0.0, ::) read as 127.0.0.1. Set it when the relay listens on all "
+            "interfaces, e.g. `grainmgr:7004` in compose."
         ),
     )
     max_package_bytes: int = Field(
@@ -70,11 +81,25 @@ class GrainmgrSettings(ServiceSettings):
         description="Call auth.RegisterGrain/ForgetGrain (an auth without them is tolerated).",
     )
 
+    @field_validator("relay_socket")
+    @classmethod
+    def _socket_path(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            if not value.startswith("/"):
+                raise ValueError("must be an absolute path")
+            if len(value.encode()) > MAX_UNIX_PATH:
+                raise ValueError(f"a Unix socket path has at most {MAX_UNIX_PATH} bytes")
+        return value
+
     @field_validator("relay_advertise")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
         value = value.strip()
-        if value:
+        if value.startswith(UNIX_PREFIX):
+            if not value[len(UNIX_PREFIX) :].startswith("/"):
+                raise ValueError("unix: must be followed by an absolute path")
+        elif value:
             host, port = _split_advertise(value)
             if not host or "/" in host or " " in host:
                 raise ValueError("must be host:port or host (no scheme, no path)")
@@ -84,6 +109,8 @@ class GrainmgrSettings(ServiceSettings):
 
 
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+UNIX_PREFIX = "unix:"  # what the frontend dials as a Unix socket (grain_relay.relay_endpoint)
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes with its NUL
 
 
 def _split_advertise(value: str) -> tuple[str, str]:
@@ -94,12 +121,19 @@ def _split_advertise(value: str) -> tuple[str, str]:
     return host, port
 
 
-def advertised_relay(advertise: str, bound: str) -> str:
+def advertised_relay(advertise: str, bound: str, socket_path: str = "") -> str:
     """The relay address OpenSession hands out, from the setting and the bound address.
 
-    `bound` is the relay's listening host:port (the real port, also when relay_listen said 0).
+    `bound` is the relay's listening host:port (the real port, also when relay_listen said 0);
+    `socket_path` the Unix socket it also listens on ("" for none). An explicit
+    relay_advertise wins; else the Unix socket (local frontends: cheaper than loopback TCP);
+    else the TCP address.
     """
     bound_host, _, bound_port = bound.rpartition(":")
+    if advertise.startswith(UNIX_PREFIX):
+        return advertise
+    if not advertise and socket_path:
+        return f"{UNIX_PREFIX}{socket_path}"
     if advertise:
         host, port = _split_advertise(advertise)
         return f"{host}:{port or bound_port}"

@@ -3,14 +3,15 @@
 Owns: the two transports of one splice and the bytes in flight between them (at most
 WRITE_LIMIT buffered per direction, plus one read: a 1 GiB body costs what a 1 KiB one does).
 Trusts: its caller to hand it two connected, non-blocking stream sockets it may close.
-Never: imports anything but the standard library (the bridge loads this file by path inside
-the grain, on Debian's /usr/bin/python3 with nothing else mounted); parses or reorders bytes;
-buffers past WRITE_LIMIT (a side that does not read stops the other side's reads instead).
+Never: imports anything but the standard library (one small mechanism, no policy); parses or
+reorders bytes; buffers past WRITE_LIMIT (a side that does not read stops the other side's
+reads instead). Used by grainmgr's relay (the frontend's connection <-> a socket the grain's
+bridge connected to the app and handed over on fd 4); the bridge itself relays nothing.
 
 Why Protocols: `loop.sock_recv_into` / `loop.sock_sendall` register and unregister the fd with
 the selector on every chunk and wake a task each time. Here both readers stay registered and
 `data_received` writes straight into the peer transport (which sends at once when its buffer
-is empty), so a relayed request costs one recv and one send per hop.
+is empty), so a relayed request costs one recv and one send per direction.
 
 Lifecycle: EOF on one side is passed on as a half-close (shutdown SHUT_WR) of the other; the
 splice ends when both sides have sent EOF, when either side is lost (error or close: the other

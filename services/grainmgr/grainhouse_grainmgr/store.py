@@ -8,11 +8,13 @@ packages.py do).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -78,9 +80,50 @@ FROM packages p
 """
 
 
+# A grain to start and its app's current package (id and version only: a package's other
+# fields never change and are read by id), in one statement.
+_GRAIN_TO_START = sql.SQL(
+    "SELECT {}, c.package_id AS current_package_id, c.version AS current_version"
+    " FROM grains g LEFT JOIN LATERAL (SELECT p.package_id, p.version FROM packages p"
+    " WHERE p.app_id = g.app_id ORDER BY p.version DESC LIMIT 1) c ON TRUE"
+    " WHERE g.grain_id = %s"
+).format(sql.SQL(", ").join(sql.Identifier("g", name) for name in GRAIN_FIELDS))
+
+
+# Joined into an UPDATE: this statement's commit does not wait for the WAL to reach the disk.
+_LAZY_COMMIT = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS lazy"
+
+
+@dataclass(frozen=True)
+class GrainToStart:
+    """A grain's row and its app's current package, as one read saw them."""
+
+    row: GrainRow
+    current_package_id: str | None  # None: no package of the app is installed
+    current_version: int
+
+
 class Store:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+
+    @contextlib.asynccontextmanager
+    async def _one_statement(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection in autocommit mode, for a single statement (its own
+        transaction anyway): no BEGIN and COMMIT round trips, two of the four a pooled
+        read costs (the pool's check, BEGIN, the statement, COMMIT). A cold open reads and
+        writes the grain's row on its way to the first byte. Handed back transactional, as
+        the pool gave it; a connection that cannot be switched back is closed (the pool
+        then replaces it), never returned in autocommit mode."""
+        async with self.pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                try:
+                    await conn.set_autocommit(False)
+                except Exception:
+                    await conn.close()
 
     # -- packages -----------------------------------------------------------------------------
 
@@ -158,7 +201,7 @@ class Store:
         self, tail: str | sql.Composable, params: tuple[Any, ...]
     ) -> list[PackageRow]:
         query = sql.SQL("{} {}").format(sql.SQL(_PACKAGE_SELECT), _sql(tail))
-        async with self.pool.connection() as conn:
+        async with self._one_statement() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(query, params)
             return [PackageRow(**row) for row in await cur.fetchall()]
@@ -192,6 +235,19 @@ class Store:
     async def get_grain(self, grain_id: str) -> GrainRow | None:
         rows = await self._grains("WHERE grain_id = %s", (grain_id,))
         return rows[0] if rows else None
+
+    async def grain_to_start(self, grain_id: str) -> GrainToStart | None:
+        """The grain's row and its app's current package id and version, in one statement
+        (a start needs both; two reads cost a second connection and its round trips)."""
+        async with self._one_statement() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(_GRAIN_TO_START, (grain_id,))
+            found = await cur.fetchone()
+        if found is None:
+            return None
+        current_id = found.pop("current_package_id")
+        current_version = found.pop("current_version")
+        return GrainToStart(GrainRow(**found), current_id, current_version or 0)
 
     async def list_grains(
         self,
@@ -232,11 +288,13 @@ class Store:
         assignments = sql.SQL(", ").join(
             sql.SQL("{} = %s").format(sql.Identifier(name)) for name in changes
         )
-        async with self.pool.connection() as conn:
-            if not durable:
-                await conn.execute("SET LOCAL synchronous_commit TO off")
+        # One statement in autocommit mode (see _one_statement). Without the disk wait, the
+        # setting rides in the statement itself: set_config(..., is_local => true) lasts until
+        # the end of the statement's own transaction, whose commit is what it changes.
+        lazy = sql.SQL("" if durable else _LAZY_COMMIT)
+        async with self._one_statement() as conn:
             await conn.execute(
-                sql.SQL("UPDATE grains SET {} WHERE grain_id = %s").format(assignments),
+                sql.SQL("UPDATE grains SET {}{} WHERE grain_id = %s").format(assignments, lazy),
                 (*changes.values(), grain_id),
             )
 
@@ -263,7 +321,7 @@ class Store:
 
     async def _grains(self, tail: str | sql.Composable, params: tuple[Any, ...]) -> list[GrainRow]:
         query = sql.SQL("SELECT {} FROM grains {}").format(GRAIN_COLUMNS, _sql(tail))
-        async with self.pool.connection() as conn:
+        async with self._one_statement() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(query, params)
             return [GrainRow(**row) for row in await cur.fetchall()]

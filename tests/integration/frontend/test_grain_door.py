@@ -9,11 +9,14 @@ to a client: keep-alive, pipelining, the header rules into the grain, response f
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .harness import Stack
+from .harness import Client, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
 
@@ -226,5 +229,65 @@ def test_a_client_leaving_inside_its_body_hurts_nothing(
         for _ in range(2):
             c.send(get(api_host, "/ok"))
             assert c.response()[::2] == (200, b"fine\n")
+    finally:
+        c.close()
+
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_one_gib_each_way_through_the_frontend_with_flat_memory(
+    stack: Stack, admin_api: Client, probe_app: dict[str, Any]
+) -> None:
+    """The door's flow control both ways, on a stream grainmgr handed off: neither the
+    frontend nor grainmgr grows with the body."""
+    grain = admin_api.api("POST", "/grains", {"app_id": probe_app["app_id"], "title": "Big"})
+    assert grain.status == 201, grain.text
+    made = admin_api.api(
+        "POST", f"/grains/{grain.json()['id']}/api-tokens", {"role": "editor", "label": "big"}
+    )
+    assert made.status == 201, made.text
+    host = (made.json()["api_url"].split("/")[2], made.json()["token"])
+    services = stack.services()
+    watched = [int(services[name]["pid"]) for name in ("frontend", "grainmgr")]
+    c = Conn(stack)
+    try:
+        c.sock.settimeout(300)
+        c.send(get(host, "/whoami"))
+        assert c.response()[0] == 200  # started, streams pooled
+        before = {pid: rss(pid) for pid in watched}
+        c.send(get(host, "/upload", f"Content-Length: {GIB}\r\n", "POST"))
+        block = bytes(range(256)) * (MIB // 256)
+        digest = hashlib.sha256()
+        for _ in range(GIB // MIB):
+            c.sock.sendall(block)
+            digest.update(block)
+        status, _, body = c.response()
+        assert status == 200
+        assert json.loads(body) == {"bytes": GIB, "sha256": digest.hexdigest()}
+        c.send(get(host, f"/download?n={GIB}"))
+        status = int(c._line().split(b" ")[1])
+        headers = {}
+        while line := c._line():
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        assert status == 200 and int(headers["content-length"]) == GIB
+        got = len(c.buf)
+        c.buf = b""
+        while got < GIB:
+            chunk = c.sock.recv(MIB)
+            assert chunk
+            got += len(chunk)
+        assert got == GIB
+        grown = {pid: rss(pid) - before[pid] for pid in watched}
+        assert all(g < 64 * MIB for g in grown.values()), grown
     finally:
         c.close()

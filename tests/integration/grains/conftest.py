@@ -130,9 +130,23 @@ def open_session(
     )
 
 
+def relay_dial(address: str, timeout: float = 30) -> socket.socket:
+    """A connection to the relay at a ticket's address: `unix:<path>` or `host:port`."""
+    if address.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address[5:])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
 def relay_connect(ticket: pb.StreamTicket, timeout: float = 30) -> socket.socket:
-    host, port = ticket.relay_address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sock = relay_dial(ticket.relay_address, timeout)
     try:
         sock.sendall(f"GRAINHOUSE-RELAY/1 {ticket.stream_key_secret}\r\n".encode())
         answer = b""

@@ -52,7 +52,7 @@ def test_a_cold_open_records_the_start_and_says_where_its_time_went(
     grain = create(platform, platform.probe)
     before = time.monotonic()
     session = open_session(platform.stub, grain.grain_id)
-    # The state write overlapped the session's opening, but it is done when the reply leaves.
+    # The reply may leave before the state write lands; a read through grainmgr waits for it.
     row = platform.stub.GetGrain(pb.GetGrainRequest(grain_id=grain.grain_id))
     assert row.state == session.grain.state == pb.GRAIN_STATE_RUNNING
     assert row.last_used_at == session.grain.last_used_at
@@ -72,6 +72,17 @@ def test_a_cold_open_records_the_start_and_says_where_its_time_went(
     assert again.grain.last_used_at.ToNanoseconds() >= row.last_used_at.ToNanoseconds()
     time.sleep(0.5)
     assert len(start_lines(platform, grain.grain_id)) == 1
+
+
+def test_a_list_right_after_a_cold_open_shows_the_grain_running(platform: Platform) -> None:
+    owner = f"owner-list-{time.monotonic_ns()}"
+    grains = [create(platform, platform.probe, owner=owner) for _ in range(2)]
+    for grain in grains:
+        session = open_session(platform.stub, grain.grain_id)
+        listed = platform.stub.ListGrains(pb.ListGrainsRequest(owner_account_id=owner)).grains
+        state = {g.grain_id: g.state for g in listed}[grain.grain_id]
+        assert state == session.grain.state == pb.GRAIN_STATE_RUNNING
+        platform.stub.StopGrain(pb.StopGrainRequest(grain_id=grain.grain_id))
 
 
 def test_the_first_session_is_opened_while_the_app_starts(
@@ -108,10 +119,14 @@ def test_the_sandbox_starts_the_app_and_the_bridge_adopts_it(platform: Platform)
     session = open_session(platform.stub, grain.grain_id)
     probes = 0
     for bridge in bridges_of(platform.grainmgr_pid):
-        children = Path(f"/proc/{bridge}/task/{bridge}/children").read_text().split()
-        if not any(
-            b"/opt/app/server.py" in Path(f"/proc/{c}/cmdline").read_bytes() for c in children
-        ):
+        try:
+            children = Path(f"/proc/{bridge}/task/{bridge}/children").read_text().split()
+            ours = any(
+                b"/opt/app/server.py" in Path(f"/proc/{c}/cmdline").read_bytes() for c in children
+            )
+        except FileNotFoundError:
+            continue  # an earlier test's grain stopping right now
+        if not ours:
             continue  # another app's grain (the probe's command is absolute: /usr/bin/python3)
         probes += 1
         # The app is pid 2 of the grain: started by its init just before the init became

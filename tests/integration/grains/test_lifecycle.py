@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from .conftest import (
     http,
     open_session,
     relay_connect,
+    relay_dial,
     request_bytes,
     wait_state,
 )
@@ -105,9 +105,8 @@ def test_stream_key_is_one_time(platform: Platform) -> None:
         platform.stub.OpenStream(pb.OpenStreamRequest(grain_id=grain.grain_id, session_id="x"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     # Unknown keys and garbage get no answer at all, just a closed connection.
-    host, port = session.stream.relay_address.rsplit(":", 1)
     for line in (b"GRAINHOUSE-RELAY/1 " + b"A" * 43 + b"\r\n", b"GET / HTTP/1.1\r\n\r\n"):
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
+        with relay_dial(session.stream.relay_address) as sock:
             sock.sendall(line)
             assert sock.recv(100) == b""
 

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from grainhouse_frontend import grain_upstream
+from grainhouse_frontend import grain_relay, grain_upstream
 from grainhouse_frontend.grain_upstream import StreamClosed, Upstream, UpstreamError
 
 pytestmark = pytest.mark.unit
 KEY = "k3y"
 GET = b"GET / HTTP/1.1\r\nhost: g\r\n\r\n"
+
+
+@pytest.fixture(autouse=True)
+def relayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake relay here speaks the relayed handshake on its Unix socket: no hand-off (which
+    tests/unit/grainmgr/test_relay_handoff.py tests against grainmgr's real relay)."""
+    monkeypatch.setattr(grain_relay, "HAND_OFF", False)
+
 
 # What the fake grain does with each request: (request head, reader, writer) -> None.
 Script = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], object]
@@ -81,7 +89,7 @@ async def test_content_length_bodies_come_whole_and_the_stream_is_reused(tmp_pat
     one = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
     two = b"HTTP/1.1 201 Created\r\ncontent-length: 3\r\nX-Odd:  spaced \r\n\r\nbye"
     async with relay(tmp_path, one, two) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         status, headers, body = await exchange(stream)
         assert (status, body) == (200, b"hello")
         assert headers[b"content-type"] == b"text/plain"  # names lowercased, values as sent
@@ -98,7 +106,7 @@ async def test_chunked_body_with_extensions_and_trailers(tmp_path: Path) -> None
         b"5;ext=1\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
     )
     async with relay(tmp_path, answer, answer) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         assert (await exchange(stream))[2] == b"hello, world"
         assert stream.usable()
         assert (await exchange(stream))[2] == b"hello, world"
@@ -123,7 +131,7 @@ async def test_chunked_body_arriving_in_pieces(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
 
     async with relay(tmp_path, dribble) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         assert (await exchange(stream))[2] == b"0123456789"
         assert stream.usable()
         stream.close()
@@ -136,7 +144,7 @@ async def test_body_until_close_ends_the_stream(tmp_path: Path) -> None:
         writer.close()
 
     async with relay(tmp_path, until_close) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         assert (await exchange(stream))[2] == b"all of it"
         assert not stream.usable()
         stream.close()
@@ -151,7 +159,7 @@ async def test_head_204_304_and_informational_answers_have_no_body(tmp_path: Pat
         b"Content-Length: 2\r\n\r\nok",
     ]
     async with relay(tmp_path, *answers) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         head = b"HEAD / HTTP/1.1\r\nhost: g\r\n\r\n"
         assert await exchange(stream, head, head_request=True) == (
             200,
@@ -174,7 +182,7 @@ async def test_connection_close_or_http10_or_extra_bytes_are_not_reused(tmp_path
         b"1\r\nx\r\n0\r\n\r\n",  # both framings: chunked wins, the stream ends
     ):
         async with relay(tmp_path, answer) as address:
-            stream = await grain_upstream.connect(address, KEY)
+            stream = await grain_relay.connect(address, KEY)
             assert (await exchange(stream))[2] == b"x"
             assert not stream.usable(), answer
             stream.close()
@@ -212,7 +220,7 @@ async def test_malformed_responses_raise_and_the_stream_is_not_reused(
     tmp_path: Path, name: str
 ) -> None:
     async with relay(tmp_path, MALFORMED[name]) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         with pytest.raises(UpstreamError):
             await exchange(stream)
         assert not stream.usable()
@@ -235,7 +243,7 @@ async def test_a_stream_closed_early_raises(tmp_path: Path, name: str) -> None:
         writer.close()
 
     async with relay(tmp_path, cut) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         with pytest.raises(UpstreamError) as raised:
             await exchange(stream)
         # Only a stream that ended before any answer may be retried by the proxy.
@@ -252,7 +260,7 @@ async def test_request_bodies_stream_to_the_grain(tmp_path: Path) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     async with relay(tmp_path, echo) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         await stream.write(b"POST / HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n")
         await stream.write(b"3\r\nabc\r\n")
         await stream.write(b"0\r\n\r\n")
@@ -265,7 +273,7 @@ async def test_request_bodies_stream_to_the_grain(tmp_path: Path) -> None:
 async def test_a_refused_key_fails_the_connect(tmp_path: Path) -> None:
     async with relay(tmp_path) as address:
         with pytest.raises(ConnectionError):
-            await grain_upstream.connect(address, "wrong")
+            await grain_relay.connect(address, "wrong")
 
 
 async def test_a_silent_grain_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,7 +283,7 @@ async def test_a_silent_grain_times_out(tmp_path: Path, monkeypatch: pytest.Monk
         await reader.read()
 
     async with relay(tmp_path, silent) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         with pytest.raises(TimeoutError):
             await exchange(stream)
         stream.close()
@@ -292,7 +300,7 @@ async def test_a_body_faster_than_its_reader_is_not_buffered_whole(tmp_path: Pat
             await writer.drain()
 
     async with relay(tmp_path, flood) as address:
-        stream = await grain_upstream.connect(address, KEY)
+        stream = await grain_relay.connect(address, KEY)
         await stream.write(GET)
         await stream.read_head(False)
         got, most = 0, 0

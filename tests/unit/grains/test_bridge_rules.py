@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import socket
 from typing import Any
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.unit
 def _grain() -> bridge.Grain:
     app = bridge.App({"argv": ["/bin/true"], "env": {}, "port": 1})
     grain = bridge.Grain(app, {"permissions": [], "roles": []})
-    grain.sessions["s1"] = {"params": {}, "streams": set()}
+    grain.sessions["s1"] = {"params": {}, "streams": 0}
     return grain
 
 
@@ -30,14 +31,21 @@ def test_stream_keys_need_a_live_session_and_32_bytes() -> None:
     assert b"k" * 32 in grain.keys
 
 
-async def test_unknown_or_used_keys_close_the_socket() -> None:
+async def test_unknown_or_used_keys_open_nothing() -> None:
     grain = _grain()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    grain.channel = ours
     grain.prepare("s1", b"k" * 32)
     grain.close_session("s1")  # ending a session forgets its keys
-    a, b = socket.socketpair()
-    grain.accept(b"k" * 32, a)
-    assert a.fileno() == -1  # closed at once
-    b.close()
+    with pytest.raises(ValueError):
+        await grain.hand_over(b"k" * 32)
+    with pytest.raises(ValueError):
+        await grain.hand_over(b"never prepared, never prepared!")
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(64)  # nothing was sent
+    ours.close()
+    theirs.close()
 
 
 def test_stream_limit_is_enforced(monkeypatch: Any) -> None:
@@ -49,9 +57,17 @@ def test_stream_limit_is_enforced(monkeypatch: Any) -> None:
         grain.prepare("s1", b"c" * 32)
 
 
-async def test_streams_reach_the_app_half_close_and_end_with_their_session() -> None:
-    """A stream handed in on fd 4 is spliced to the app's TCP port (bridge.splice); EOF
-    passes through both ways; closing the session drops its live streams at once."""
+def _take(channel: socket.socket) -> tuple[bytes, socket.socket]:
+    """One datagram of fd 4 as grainmgr reads it: the key and the one socket attached."""
+    data, ancdata, _flags, _ = channel.recvmsg(64, socket.CMSG_SPACE(4 * 4))
+    fds = [fd for _l, _k, payload in ancdata for fd in array.array("i", payload)]
+    assert len(fds) == 1
+    return data, socket.socket(fileno=fds[0])
+
+
+async def test_streams_are_app_connections_handed_over_with_their_key() -> None:
+    """hand_over connects to the app's TCP port and sends that socket on fd 4 under the key;
+    the bridge keeps no copy: closing ours is the app's EOF. Bytes never pass the bridge."""
     loop = asyncio.get_running_loop()
 
     async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,34 +80,41 @@ async def test_streams_reach_the_app_half_close_and_end_with_their_session() -> 
     port = server.sockets[0].getsockname()[1]
     grain = _grain()
     grain.app.port = port
-    outs = []
-    for key in (b"a" * 32, b"b" * 32):
-        grain.prepare("s1", key)
-        ours, out = socket.socketpair()
-        out.setblocking(False)
-        grain.accept(key, ours)
-        outs.append(out)
-    first, second = outs
+    grain.app.listening = True
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    grain.channel = ours
+    grain.prepare("s1", b"a" * 32)
+    await grain.hand_over(b"a" * 32)
+    assert b"a" * 32 not in grain.keys  # used up
+    assert grain.handed == 1 and grain.sessions["s1"]["streams"] == 1
+    key, stream = _take(theirs)
+    assert key == b"a" * 32
+    assert stream.family == socket.AF_INET and stream.getpeername()[1] == port
+    stream.setblocking(False)
     body = bytes(range(256)) * 4096  # 1 MiB
-    await loop.sock_sendall(first, body)
-    first.shutdown(socket.SHUT_WR)
+    await loop.sock_sendall(stream, body)
+    stream.shutdown(socket.SHUT_WR)  # our EOF reaches the app: nobody else holds the socket
     got = bytearray()
-    while chunk := await asyncio.wait_for(loop.sock_recv(first, 65536), 30):
+    while chunk := await asyncio.wait_for(loop.sock_recv(stream, 65536), 30):
         got += chunk
-    assert bytes(got) == b"got %d" % len(body)  # the app saw our EOF and answered, then EOF
-    for _ in range(100):  # both sides sent EOF: that stream is over, the other one lives
-        if len(grain.streams) == 1:
-            break
-        await asyncio.sleep(0.01)
-    assert len(grain.streams) == 1
-    grain.close_session("s1")  # the second stream never sent EOF: the app still waits
-    assert await asyncio.wait_for(loop.sock_recv(second, 10), 10) == b""
-    for _ in range(100):
-        if not grain.streams:
-            break
-        await asyncio.sleep(0.01)
-    assert not grain.streams
-    for s in outs:
+    assert bytes(got) == b"got %d" % len(body)
+    for s in (stream, ours, theirs):
         s.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_a_stream_of_an_app_that_is_not_listening_fails() -> None:
+    grain = _grain()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    grain.app.port = probe.getsockname()[1]  # bound, never listening: connect is refused
+    grain.app.listening = True
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    grain.channel = ours
+    grain.prepare("s1", b"b" * 32)
+    with pytest.raises(OSError):
+        await grain.hand_over(b"b" * 32)
+    assert not grain.keys and grain.opening == 0 and grain.handed == 0
+    for s in (probe, ours, theirs):
+        s.close()

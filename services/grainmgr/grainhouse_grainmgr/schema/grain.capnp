@@ -8,7 +8,7 @@
 #     command from the manifest, waits for it to listen on its HTTP port on loopback, and speaks
 #     Cap'n Proto (two-party, this file) to grainmgr over file descriptor 3 — the only channel
 #     out of the sandbox besides the stream hand-over socket on fd 4 (`streamFd`, see
-#     `Bridge.openStream`).
+#     `Bridge.openStream`), on which the bridge hands grainmgr sockets connected to the app.
 #   * app authors: you need only the HTTP rules in section 1 (which headers you receive and what
 #     they mean). An app speaks plain HTTP on loopback and never has to touch Cap'n Proto. An app
 #     that wants platform services (logging, wake locks, …) may connect to `appApiSocket` and
@@ -234,7 +234,9 @@ struct Health {
   # Since the bridge started.
 
   openStreams @2 :UInt32;
-  # Byte streams currently spliced to the app.
+  # Byte streams handed to grainmgr since the bridge started (a running total). Since the
+  # bridge hands each stream's app socket to grainmgr and keeps no copy, it never sees a stream
+  # end; grainmgr counts the open ones. (Before that change: streams the bridge spliced now.)
 
   liveSessions @3 :UInt32;
   # SessionHandles not yet dropped.
@@ -262,25 +264,32 @@ interface Bridge {
   newSession @1 (params :SessionParams) -> (session :SessionHandle);
   # Tell the bridge that a session exists, before any stream of it is opened. The bridge keeps
   # the params so Platform.getIdentity can answer for this session id. The session lives while
-  # grainmgr holds the returned handle; dropping it (or SessionHandle.close) ends it and closes
-  # its streams. Calling again with a session id that is live fails with `failed`: session ids
+  # grainmgr holds the returned handle; dropping it (or SessionHandle.close) ends it and drops
+  # its unused stream keys. Its open streams are grainmgr's (see openStream): grainmgr drops a
+  # handle only when none of the session's streams is open, and cuts them all when the grain
+  # stops. Calling again with a session id that is live fails with `failed`: session ids
   # are never reused. grainmgr calls it from GrainManager.OpenSession.
 
   openStream @2 (sessionId :Text, streamKey :Data) -> ();
-  # Prepare one byte stream of a live session. HTTP never travels as one RPC per request (we
+  # Open one byte stream of a live session. HTTP never travels as one RPC per request (we
   # measured one Cap'n Proto call per request at ~7x slower than a byte relay): this call only
-  # sets a stream up, and the bytes then flow over a separate connected Unix socket that
-  # grainmgr hands to the bridge. Protocol: after this call returns, grainmgr sends on the
-  # hand-over socket (`streamFd`, a SOCK_SEQPACKET socket) one datagram whose bytes are
-  # `streamKey` (32 bytes, chosen at random by grainmgr) with the stream's socket attached as
-  # SCM_RIGHTS; the bridge takes it if the key was prepared here within
-  # `streamKeyTimeoutSeconds` and not used yet, connects to the app's HTTP port on loopback and
-  # splices bytes both ways, unparsed, until either side closes (HTTP/1.1 keep-alive and
-  # WebSocket upgrades just work). A socket with an unknown, used or late key is closed at once.
-  # One stream carries one session only. Fails: `failed` for an unknown session id or a key that
-  # is not 32 bytes; `overloaded` above the per-grain stream limit (256 streams).
-  # (Earlier drafts had the bridge listen on `streamSocket`; an fd handed over a private socket
-  # needs no listener, no path a grain could race for, and no per-grain mount.)
+  # sets a stream up; the bytes then flow over a socket connected to the app, which grainmgr
+  # splices to the frontend's connection. Protocol: the bridge connects to the app's HTTP port
+  # on loopback (or its Unix socket), waiting for a starting app to listen (at most the start
+  # timeout), then sends on the hand-over socket (`streamFd`, a SOCK_SEQPACKET socket) one
+  # datagram whose bytes are `streamKey` (32 bytes, chosen at random by grainmgr for this call)
+  # with the connected socket attached as SCM_RIGHTS, closes its own copy (it keeps none: the
+  # app sees EOF when grainmgr closes), and only then returns. So when the call returns, the
+  # datagram is already queued on `streamFd`. grainmgr treats the datagram as hostile: it takes
+  # exactly one fd, a stream socket (TCP or Unix), under a key it asked for within its own
+  # timeout (10 s); anything else is closed and counted against the grain. One stream carries one
+  # session only; grainmgr (not the bridge) cuts a grain's streams when it stops. Not
+  # idempotent (each call opens a connection to the app). Fails: `failed` for an unknown session
+  # id, a key that is not 32 bytes, a session that ended while the app was being connected, or
+  # an app that refuses the connection; `overloaded` above the per-grain limit of streams being
+  # connected at once (256). (Earlier drafts had the bridge listen on `streamSocket`, and then
+  # grainmgr send the bridge a socket pair's end on `streamFd` to splice to the app: two relay
+  # hops. Handing the app's socket out instead leaves one hop, in grainmgr.)
 
   ping @3 () -> (health :Health);
   # Liveness and readiness. Cheap, read-only, idempotent. grainmgr calls it after start (until
@@ -298,8 +307,9 @@ interface SessionHandle {
   # A live session. Held by grainmgr; dropping the last reference ends the session.
 
   close @0 () -> ();
-  # End the session now: its open streams are closed and Platform.getIdentity stops answering
-  # for it. Idempotent.
+  # End the session now: its unused stream keys are dropped and Platform.getIdentity stops
+  # answering for it (its open streams are grainmgr's to close: see Bridge.openStream).
+  # Idempotent.
 }
 
 # =============================================================================================
@@ -355,9 +365,10 @@ const streamSocket :Text = "/run/grainhouse/stream.sock";
 # instead of a listening socket at this path. See Bridge.openStream.
 
 const streamFd :UInt32 = 4;
-# The file descriptor on which the bridge receives byte streams: a SOCK_SEQPACKET Unix socket;
-# each datagram is a 32-byte stream key with one stream socket attached (SCM_RIGHTS). The
-# bridge never writes on it. Like `bridgeFd`, it is not inherited by the app.
+# The file descriptor on which the bridge hands byte streams to grainmgr: a SOCK_SEQPACKET Unix
+# socket; each datagram is a 32-byte stream key (from `Bridge.openStream`) with one socket
+# connected to the app attached (SCM_RIGHTS). Only the bridge writes on it; grainmgr never
+# does. Like `bridgeFd`, it is not inherited by the app.
 
 const appApiSocket :Text = "/run/grainhouse/api.sock";
 # Path, inside the grain, where the bridge serves Platform to the app (Cap'n Proto two-party,
@@ -369,4 +380,5 @@ const appPortEnv :Text = "PORT";
 # listen on (when the manifest does not fix one).
 
 const streamKeyTimeoutSeconds :UInt32 = 30;
-# How long a key prepared by openStream stays usable.
+# How long a key passed to openStream stays usable in the bridge (it is used, or fails, within
+# the call; grainmgr waits at most 10 s for the datagram).
