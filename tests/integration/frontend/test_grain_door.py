@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,19 @@ class Conn:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> Conn:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def still_serves(stack: Stack, host: tuple[str, str]) -> None:
+    """A fresh connection gets a plain grain answer: the frontend went on serving."""
+    with Conn(stack) as c:
+        c.send(get(host, "/ok"))
+        assert c.response()[::2] == (200, b"fine\n")
+
 
 def get(host: tuple[str, str], path: str, extra: str = "", method: str = "GET") -> bytes:
     return (
@@ -89,10 +103,9 @@ def get(host: tuple[str, str], path: str, extra: str = "", method: str = "GET") 
 
 
 @pytest.fixture()
-def conn(stack: Stack) -> Conn:
-    c = Conn(stack)
-    yield c  # type: ignore[misc]
-    c.close()
+def conn(stack: Stack) -> Iterator[Conn]:
+    with Conn(stack) as c:
+        yield c
 
 
 def test_keep_alive_and_pipelined_requests(conn: Conn, api_host: tuple[str, str]) -> None:
@@ -172,16 +185,12 @@ def test_unusual_requests_are_handed_to_uvicorn_on_the_same_connection(
 def test_expect_continue_and_a_platform_host_after_grain_requests(
     stack: Stack, api_host: tuple[str, str]
 ) -> None:
-    c = Conn(stack)
-    try:
+    with Conn(stack) as c:
         c.send(get(api_host, "/echo", "Content-Length: 4\r\nExpect: 100-continue\r\n", "POST"))
         assert c.response()[0] == 100
         c.send(b"ping")
         assert c.response()[::2] == (200, b"ping")
-    finally:
-        c.close()
-    c = Conn(stack)
-    try:
+    with Conn(stack) as c:
         c.send(get(api_host, "/ok"))
         assert c.response()[::2] == (200, b"fine\n")
         platform = stack.url.split("/")[2]
@@ -189,8 +198,6 @@ def test_expect_continue_and_a_platform_host_after_grain_requests(
         status, headers, body = c.response()
         assert status in (200, 503) and headers["content-type"] == "application/json"
         assert b'"checks"' in body
-    finally:
-        c.close()
 
 
 @pytest.mark.parametrize(
@@ -204,33 +211,19 @@ def test_expect_continue_and_a_platform_host_after_grain_requests(
 def test_malformed_heads_are_refused_and_serving_goes_on(
     stack: Stack, api_host: tuple[str, str], bad: str
 ) -> None:
-    c = Conn(stack)
-    try:
+    with Conn(stack) as c:
         c.send(get(api_host, "/ok", bad))
         assert c.response()[0] == 400
-    finally:
-        c.close()
-    c = Conn(stack)
-    try:
-        c.send(get(api_host, "/ok"))
-        assert c.response()[::2] == (200, b"fine\n")
-    finally:
-        c.close()
+    still_serves(stack, api_host)
 
 
 def test_a_client_leaving_inside_its_body_hurts_nothing(
     stack: Stack, api_host: tuple[str, str]
 ) -> None:
-    c = Conn(stack)
-    c.send(get(api_host, "/echo", "Content-Length: 1000000\r\n", "POST") + b"x" * 1000)
-    c.close()
-    c = Conn(stack)
-    try:
-        for _ in range(2):
-            c.send(get(api_host, "/ok"))
-            assert c.response()[::2] == (200, b"fine\n")
-    finally:
-        c.close()
+    with Conn(stack) as c:
+        c.send(get(api_host, "/echo", "Content-Length: 1000000\r\n", "POST") + b"x" * 1000)
+    still_serves(stack, api_host)
+    still_serves(stack, api_host)
 
 
 GIB = 1 << 30
@@ -258,8 +251,7 @@ def test_one_gib_each_way_through_the_frontend_with_flat_memory(
     host = (made.json()["api_url"].split("/")[2], made.json()["token"])
     services = stack.services()
     watched = [int(services[name]["pid"]) for name in ("frontend", "grainmgr")]
-    c = Conn(stack)
-    try:
+    with Conn(stack) as c:
         c.sock.settimeout(300)
         c.send(get(host, "/whoami"))
         assert c.response()[0] == 200  # started, streams pooled
@@ -289,5 +281,3 @@ def test_one_gib_each_way_through_the_frontend_with_flat_memory(
         assert got == GIB
         grown = {pid: rss(pid) - before[pid] for pid in watched}
         assert all(g < 64 * MIB for g in grown.values()), grown
-    finally:
-        c.close()
