@@ -113,8 +113,9 @@ def _kj_error(exc: Exception, what: str) -> GrainhouseError:
 class BridgeClient:
     """Calls on one running grain's bridge."""
 
-    def __init__(self, ends: GrainEnds) -> None:
+    def __init__(self, ends: GrainEnds, grain_id: str = "") -> None:
         self.ends = ends
+        self.grain_id = grain_id  # for log lines only
         self._client: Any = None
         self._bridge: Any = None
         self.disconnected: asyncio.Future[Any] | None = None
@@ -238,7 +239,9 @@ class BridgeClient:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.ends.streams_ours.fileno())
             if why:
-                log.warning("%s; its streams are refused from now on", why)
+                log.warning(
+                    "grain %s: %s; its streams are refused from now on", self.grain_id or "?", why
+                )
         for waiter in self._pending.values():
             if not waiter.done():
                 waiter.set_exception(

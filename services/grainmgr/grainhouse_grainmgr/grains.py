@@ -431,7 +431,7 @@ class Grains:
             raise
         finally:
             ends.close_theirs()
-        bridge = BridgeClient(ends)
+        bridge = BridgeClient(ends, grain_id)
         running = Running(
             grain_id,
             package.package_id,

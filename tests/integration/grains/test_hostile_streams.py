@@ -58,7 +58,7 @@ class FakeBridge:
 
         stream = await capnp.AsyncIoStream.create_unix_connection(sock=self.ends.control_theirs)
         self.server = capnp.TwoPartyServer(stream, bootstrap=Bridge())
-        client = BridgeClient(self.ends)
+        client = BridgeClient(self.ends, f"fake-{self.app_port}-{id(self)}")
         await client.connect()
         return client
 
@@ -174,7 +174,7 @@ async def test_hostile_answers_on_fd4_open_nothing_and_leak_nothing(
 
 
 async def test_a_flood_of_unsolicited_datagrams_is_read_in_batches_then_cut_off(
-    app_port: int,
+    app_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with capnp.kj_loop():
         good_ends, bad_ends = GrainEnds.make(), GrainEnds.make()
@@ -189,6 +189,11 @@ async def test_a_flood_of_unsolicited_datagrams_is_read_in_batches_then_cut_off(
             with pytest.raises(GrainhouseError):
                 await flood  # its own stream came after the cut-off: never read
             assert bad_client.bad_datagrams == control.MAX_BAD_DATAGRAMS
+            # The operator learns which grain it was.
+            assert any(
+                bad_client.grain_id in r.getMessage() and "refused" in r.getMessage()
+                for r in caplog.records
+            )
             bad.mode = "good"
             with pytest.raises(GrainhouseError):  # fd 4 is not read any more: refused at once
                 await bad_client.open_stream("s1")
