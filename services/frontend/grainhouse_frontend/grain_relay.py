@@ -12,7 +12,6 @@ the relay without a deadline; hands off over anything but a Unix socket.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import os
@@ -79,10 +78,7 @@ async def hand_off(path: str, stream_key_secret: str) -> Upstream:
         sock.close()
         lease.close()
         raise
-    stream.lease = lease
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        stream.quickack = sock
-    stream._reusable = True
+    stream.adopt(lease, sock if sock.family in (socket.AF_INET, socket.AF_INET6) else None)
     return stream
 
 
@@ -94,16 +90,14 @@ async def _receive_fd(
 
     def readable() -> None:
         try:
-            data, ancdata, _, _ = lease.recvmsg(16, socket.CMSG_SPACE(4 * 4))
+            data, got, _, _ = socket.recv_fds(lease, 16, 4)
         except BlockingIOError:
             return
         except OSError as exc:
             if not done.done():
                 done.set_exception(exc)
             return
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+        fds.extend(got)
         if not done.done():
             done.set_result(data)
 
@@ -129,12 +123,8 @@ async def connect(address: str, stream_key_secret: str) -> Upstream:
     try:
         await stream.write(relay_hello(stream_key_secret))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            while b"\r\n" not in stream._buf and not stream._eof and len(stream._buf) < 64:
-                await stream._more()
-        if not stream._buf.startswith(RELAY_OK):
-            raise ConnectionError("the relay refused the stream key")
-        del stream._buf[: len(RELAY_OK)]
-        stream._reusable = True
+            if not await stream.take_answer(RELAY_OK):
+                raise ConnectionError("the relay refused the stream key")
     except BaseException:
         stream.close()
         raise

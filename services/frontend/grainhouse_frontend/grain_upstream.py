@@ -31,7 +31,6 @@ import struct
 import time
 from typing import cast
 
-HANDSHAKE_TIMEOUT = 30.0
 # How long the grain may stay silent while a response is awaited (per read, not per response).
 READ_TIMEOUT = 300.0
 MAX_HEAD = 64 * 1024  # status line + headers of one response
@@ -146,6 +145,24 @@ class Upstream(asyncio.Protocol):
             drained.set_result(None)
 
     # -- the stream -------------------------------------------------------------------------
+
+    def adopt(self, lease: socket.socket, quickack: socket.socket | None) -> None:
+        """A handed-off stream, ready: its lease (closed with the stream) and, for a TCP
+        socket, the socket to ask TCP_QUICKACK on after every read."""
+        self.lease = lease
+        self.quickack = quickack
+        self._reusable = True
+
+    async def take_answer(self, expected: bytes) -> bool:
+        """The relay's one-line answer to the handshake: True (and the stream ready) if it is
+        `expected`; no deadline here (the caller sets one)."""
+        while b"\r\n" not in self._buf and not self._eof and len(self._buf) < 64:
+            await self._more()
+        if not self._buf.startswith(expected):
+            return False
+        del self._buf[: len(expected)]
+        self._reusable = True
+        return True
 
     def usable(self) -> bool:
         """Whether this idle stream can carry a request (open, nothing unsolicited waiting)."""

@@ -17,7 +17,6 @@ Must run inside `capnp.kj_loop()` (grainmgr's __main__ arranges it).
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import logging
@@ -189,18 +188,14 @@ class BridgeClient:
         channel = self.ends.streams_ours
         for _ in range(READ_BATCH):
             try:
-                data, ancdata, flags, _ = channel.recvmsg(
-                    KEY_BYTES + 1, socket.CMSG_SPACE(FDS_ROOM * 4), socket.MSG_CMSG_CLOEXEC
+                data, fds, flags, _ = socket.recv_fds(
+                    channel, KEY_BYTES + 1, FDS_ROOM, socket.MSG_CMSG_CLOEXEC
                 )
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self._stop_reading("the grain's stream channel failed")
                 return
-            fds: list[int] = []
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
             if not data and not fds and not flags & socket.MSG_CTRUNC:
                 self._stop_reading("")  # the grain closed its end (or sent an empty datagram)
                 return
