@@ -4,8 +4,8 @@ WebSockets take the same door (origin, authorization, header rules) and then go 
 grain_websocket.py for the frames. What crosses into a grain and back is grain_headers.py's.
 
 Owns: the door of grain traffic (which host is which origin, the Origin check, authorization
-on every request with auth's cached decision, the platform's own short answers), the grainmgr
-sessions behind origins and the pool of relay streams.
+on every request with auth's cached decision, the platform's own short answers) and the
+forwarding of each request over a stream of its origin (grain_streams.py lends and pools them).
 Trusts: auth for every decision (ResolveOrigin for `ui-` origins, Authorize for API-host
 tokens; cached no longer than auth says, dropped on revocation events); grainmgr's relay
 tickets; the ASGI server (uvicorn's httptools or h11 parser) to have refused CR, LF and NUL
@@ -30,8 +30,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import h11
@@ -39,23 +38,17 @@ import wsproto.utilities
 from starlette.types import Receive, Scope, Send
 
 from grainhouse_frontend.grain_headers import CHUNKED_HEAD_END, HeaderRules
-from grainhouse_frontend.grain_relay import RelayStream, relay_connect, upstream_connect
+from grainhouse_frontend.grain_refusal import Denied
+from grainhouse_frontend.grain_relay import RelayStream, upstream_connect
+from grainhouse_frontend.grain_streams import POOL_IDLE_SECONDS, GrainStreams
 from grainhouse_frontend.grain_upstream import StreamClosed, Upstream
 from grainhouse_frontend.grain_websocket import GrainWebSocket
 from grainhouse_frontend.identity import wait_seconds
 from grainhouse_frontend.lookup_budget import LookupBudget
 from grainhouse_frontend.origins import Decision, Origin, Origins, decision_from
-from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2, grainmgr_pb2_grpc
+from grainhouse_proto import auth_pb2, auth_pb2_grpc, grainmgr_pb2_grpc
 
 log = logging.getLogger("grainhouse.frontend.grain")
-# Idle streams kept per origin. Every request that finds the pool empty costs a gRPC
-# OpenStream, a relay handshake and new connections in the bridge and the app (≈1 ms of CPU
-# across the processes, measured by bench/bench_grains.py), so the pool must cover a client's
-# usual concurrency (browsers open 6 per host, API clients more); the bridge takes 256 streams.
-POOL_PER_ORIGIN = 64
-# A pooled stream counts as traffic for grainmgr (an open stream keeps a grain running), so
-# idle ones are closed well before grainmgr's idle stop (90 s by default).
-POOL_IDLE_SECONDS = 20.0
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Not an HTTP method: a WebSocket handshake is checked for its Origin like any unsafe request.
 WEBSOCKET = "WEBSOCKET"
@@ -70,16 +63,6 @@ DENY_STATUS = {
 
 
 ENDED = "this grain session has ended: open the grain again"
-
-StreamT = TypeVar("StreamT")
-
-
-class Denied(Exception):
-    def __init__(self, status: int, message: str, retry_after: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after  # seconds, sent as Retry-After when > 0
 
 
 class _Answer:
@@ -129,7 +112,7 @@ class GrainProxy:
         self.grainmgr = grainmgr
         self.public_url = public_url.rstrip("/")
         self.scheme = public_url.split("://", 1)[0]
-        self._pool: dict[str, list[Upstream]] = {}
+        self.streams = GrainStreams(grainmgr, self._base_path)
         self._sweeper: asyncio.Task[None] | None = None
         self.headers = HeaderRules(public_url, cookie_names, self._base_path)
         self.csp = self.headers.csp
@@ -368,76 +351,9 @@ class GrainProxy:
 
     # -- the relay ------------------------------------------------------------------------
 
-    async def _take_stream(self, origin: Origin, decision: Decision) -> tuple[Upstream, bool]:
-        """A stream for one HTTP exchange: a pooled one if any, else a new one (True if pooled)."""
-        self._check_session_role(origin, decision)
-        pool = self._pool.get(origin.origin_id)
-        while pool:
-            stream = pool.pop()
-            if stream.usable():
-                return stream, True
-            stream.close()
-        return await self._new_stream(origin, decision, upstream_connect), False
-
     async def open_websocket_stream(self, origin: Origin, decision: Decision) -> RelayStream:
         """A fresh stream for one WebSocket (never from or back to the pool)."""
-        self._check_session_role(origin, decision)
-        return await self._new_stream(origin, decision, relay_connect)
-
-    def _check_session_role(self, origin: Origin, decision: Decision) -> None:
-        if origin.grainmgr_session and tuple(decision.permissions) != origin.session_permissions:
-            # The role changed (narrowed or widened): a new grainmgr session carries it.
-            origin.grainmgr_session = ""
-            for stale in self._pool.pop(origin.origin_id, []):
-                stale.close()
-
-    async def _new_stream(
-        self,
-        origin: Origin,
-        decision: Decision,
-        connect: Callable[[grainmgr_pb2.StreamTicket], Awaitable[StreamT]],
-    ) -> StreamT:
-        if origin.grainmgr_session:
-            try:
-                ticket = await self.grainmgr.OpenStream(
-                    grainmgr_pb2.OpenStreamRequest(
-                        grain_id=origin.grain_id, session_id=origin.grainmgr_session
-                    ),
-                    timeout=10,
-                )
-                return await connect(ticket)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (
-                    grpc.StatusCode.NOT_FOUND,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                ):
-                    raise ConnectionError("grainmgr refused a stream") from exc
-                origin.grainmgr_session = ""
-        try:
-            opened = await self.grainmgr.OpenSession(
-                grainmgr_pb2.OpenSessionRequest(
-                    grain_id=origin.grain_id,
-                    identity=decision.identity,
-                    permissions=decision.permissions,
-                    session_type=grainmgr_pb2.SESSION_TYPE_API
-                    if origin.session_type == "api"
-                    else grainmgr_pb2.SESSION_TYPE_NORMAL,
-                    tab_id=origin.tab_id,
-                    base_path=self._base_path(origin),
-                    acting_account_id=getattr(decision.identity, "user_id", ""),
-                    user_agent=origin.user_agent,
-                ),
-                timeout=90,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise Denied(409, "this grain cannot start: " + (exc.details() or "")) from exc
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise Denied(404, "no such grain") from exc
-            raise ConnectionError("grainmgr could not open a session") from exc
-        origin.grainmgr_session = opened.session_id
-        origin.session_permissions = tuple(decision.permissions)
-        return await connect(opened.stream)
+        return await self.streams.open_websocket_stream(origin, decision)
 
     def _base_path(self, origin: Origin) -> str:
         if origin.session_type == "api":
@@ -460,7 +376,7 @@ class GrainProxy:
         chunked = b"content-length" not in headers and b"transfer-encoding" in headers
         has_body = chunked or b"content-length" in headers
         method = scope["method"]
-        stream, pooled = await self._take_stream(origin, decision)
+        stream, pooled = await self.streams.take_stream(origin, decision)
         end = CHUNKED_HEAD_END if chunked else b"\r\n"
         try:
             await stream.write(self.headers.request_head(origin, decision, scope, host, end))
@@ -474,7 +390,7 @@ class GrainProxy:
                 raise
             # A pooled stream the grain's side closed meanwhile: the request never reached the
             # grain, so a safe request without a body goes again, once, on a fresh stream.
-            stream = await self._new_stream(origin, decision, upstream_connect)
+            stream = await self.streams.new_stream(origin, decision, upstream_connect)
             try:
                 await stream.write(self.headers.request_head(origin, decision, scope, host, end))
                 response = await stream.read_head(method == "HEAD")
@@ -504,12 +420,7 @@ class GrainProxy:
             await send({"type": "http.response.body", "body": data})
             ok = stream.usable()
         finally:
-            pool = self._pool.setdefault(origin.origin_id, [])
-            if ok and len(pool) < POOL_PER_ORIGIN:
-                stream.idle_since = time.monotonic()
-                pool.append(stream)
-            else:
-                stream.close()
+            self.streams.give_back(origin, stream, ok)
 
     async def _send_body(self, stream: Upstream, receive: Receive, chunked: bool) -> bool:
         """Stream the client's body to the grain; False if the client left first."""
@@ -531,26 +442,15 @@ class GrainProxy:
         return True
 
     async def _sweep(self) -> None:
-        """Close pooled streams idle for POOL_IDLE_SECONDS, so idle grains can stop."""
+        """Close pooled streams idle for POOL_IDLE_SECONDS, so idle grains can stop; drop
+        expired identity headers on the same tick."""
         while True:
             await asyncio.sleep(POOL_IDLE_SECONDS / 4)
-            limit = time.monotonic() - POOL_IDLE_SECONDS
-            for origin_id, pool in list(self._pool.items()):
-                keep = [s for s in pool if s.idle_since > limit]
-                for stale in pool:
-                    if stale.idle_since <= limit:
-                        stale.close()
-                if keep:
-                    pool[:] = keep
-                else:
-                    del self._pool[origin_id]
+            self.streams.sweep()
             self.headers.forget_expired(time.monotonic())
 
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for pool in self._pool.values():
-            for stream in pool:
-                stream.close()
-        self._pool.clear()
+        self.streams.close()
         self.headers.clear()
