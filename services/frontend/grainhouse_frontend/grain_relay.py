@@ -18,7 +18,7 @@ import os
 import socket
 import stat
 
-from grainhouse_frontend.grain_upstream import Upstream
+from grainhouse_frontend.grain_upstream import LEASE_REPORT, Upstream
 from grainhouse_proto import grainmgr_pb2
 
 HANDSHAKE_TIMEOUT = 30.0
@@ -47,13 +47,9 @@ def handoff_hello(stream_key_secret: str) -> bytes:
     return f"GRAINHOUSE-HANDOFF/1 {stream_key_secret}\r\n".encode()
 
 
-async def hand_off(path: str, stream_key_secret: str) -> Upstream:
-    """A stream grainmgr hands over (a relay on this machine): the app's socket itself, so
-    no byte of it passes through grainmgr (one process and two socket hops less per request).
-
-    The Unix connection it came on is the stream's lease: closing it (Upstream.close, or this
-    process ending) ends the stream for grainmgr; grainmgr ending it (grain stopped, session
-    ended) cuts the stream here too."""
+async def take_socket(path: str, stream_key_secret: str) -> tuple[socket.socket, socket.socket]:
+    """The hand-off itself: (lease, the app's socket, non-blocking) for a stream key, from the
+    relay's Unix socket at `path`. Every failure closes whatever came."""
     loop = asyncio.get_running_loop()
     lease = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lease.setblocking(False)
@@ -71,8 +67,20 @@ async def hand_off(path: str, stream_key_secret: str) -> Upstream:
             os.close(fd)
         lease.close()
         raise
+    sock.setblocking(False)
+    return lease, sock
+
+
+async def hand_off(path: str, stream_key_secret: str) -> Upstream:
+    """A stream grainmgr hands over (a relay on this machine): the app's socket itself, so
+    no byte of it passes through grainmgr (one process and two socket hops less per request).
+
+    The Unix connection it came on is the stream's lease: closing it (Upstream.close, or this
+    process ending) ends the stream for grainmgr; grainmgr ending it (grain stopped, session
+    ended) cuts the stream here too."""
+    loop = asyncio.get_running_loop()
+    lease, sock = await take_socket(path, stream_key_secret)
     try:
-        sock.setblocking(False)
         _, stream = await loop.create_connection(Upstream, sock=sock)
     except BaseException:
         sock.close()
@@ -132,20 +140,56 @@ async def connect(address: str, stream_key_secret: str) -> Upstream:
 
 
 class RelayStream:
-    """One relay stream for a WebSocket (never pooled: after the upgrade it is the socket)."""
+    """One stream for a WebSocket (never pooled: after the upgrade it is the socket), read and
+    written through `read` and `write`, which count its bytes. A handed-off one (a relay on
+    this machine) holds its lease, like a handed-off Upstream: closing the stream reports
+    the bytes and ends the lease; grainmgr ending the lease cuts the socket."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        lease: socket.socket | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.lease = lease
+        self.sent = 0
+        self.received = 0
+
+    async def read(self, limit: int) -> bytes:
+        data = await self.reader.read(limit)
+        self.received += len(data)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        self.sent += len(data)
+        self.writer.write(data)
+        await self.writer.drain()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            with contextlib.suppress(OSError):
+                lease.send(LEASE_REPORT.pack(self.sent, self.received))
+            lease.close()
 
 
 async def relay_connect(ticket: grainmgr_pb2.StreamTicket) -> RelayStream:
-    """Open one stream with grainmgr's relay handshake, as a StreamReader/StreamWriter pair."""
+    """Open one stream for a WebSocket: handed off when the relay is on this machine (see
+    `hand_off`), else with grainmgr's relay handshake; a StreamReader/StreamWriter pair."""
     path, host, port = relay_endpoint(ticket.relay_address)
+    if path is not None and HAND_OFF:
+        lease, sock = await take_socket(path, ticket.stream_key_secret)
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            lease.close()
+            raise
+        return RelayStream(reader, writer, lease)
     if path is not None:
         opening = asyncio.open_unix_connection(path)
     else:

@@ -1,8 +1,9 @@
 """Grain WebSockets: a browser's (or API client's) WebSocket spliced, frame by frame, to the grain.
 
-Owns: one relay stream per WebSocket (never pooled: after the upgrade it is the socket), the
-grain side of the WebSocket protocol on it (a `wsproto` client), and the mapping of frames and
-close codes between the grain and the ASGI server that speaks to the browser.
+Owns: one stream per WebSocket (handed off or relayed by grainmgr, see grain_relay; never
+pooled: after the upgrade it is the socket), the grain side of the WebSocket protocol on it (a
+`wsproto` client), and the mapping of frames and close codes between the grain and the ASGI
+server that speaks to the browser.
 Trusts: GrainProxy for who may enter and what crosses (the same authorization, the same request
 header rules as plain HTTP); uvicorn for the browser side of the protocol (framing, masking,
 pings from the browser, size limit).
@@ -120,7 +121,7 @@ class GrainWebSocket:
             ),
         )
         while True:
-            data = await asyncio.wait_for(stream.reader.read(READ_CHUNK), HANDSHAKE_TIMEOUT)
+            data = await asyncio.wait_for(stream.read(READ_CHUNK), HANDSHAKE_TIMEOUT)
             self.ws.receive_data(data or None)
             for event in self.ws.events():
                 if isinstance(event, wse.AcceptConnection):
@@ -158,7 +159,7 @@ class GrainWebSocket:
                     more = more and not ev.body_finished
             if not more:
                 break
-            data = await asyncio.wait_for(stream.reader.read(READ_CHUNK), HANDSHAKE_TIMEOUT)
+            data = await asyncio.wait_for(stream.read(READ_CHUNK), HANDSHAKE_TIMEOUT)
             if not data:
                 break
             self.ws.receive_data(data)
@@ -215,7 +216,7 @@ class GrainWebSocket:
             if not data:
                 await self._close_client(1011, "")
                 return "grain"
-            data = await stream.reader.read(READ_CHUNK)
+            data = await stream.read(READ_CHUNK)
             try:
                 self.ws.receive_data(data or None)
             except wsproto.utilities.LocalProtocolError:
@@ -252,8 +253,7 @@ class GrainWebSocket:
             return  # closing: frames racing the close are dropped, as RFC 6455 allows
         data = self.ws.send(event)
         if data:
-            stream.writer.write(data)
-            await stream.writer.drain()
+            await stream.write(data)
 
     async def _close_grain(self, stream: _Stream, code: int, reason: str) -> None:
         if self.ws.state is OPEN:

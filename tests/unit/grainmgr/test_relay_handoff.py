@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from grainhouse_frontend import grain_relay, grain_upstream
 from grainhouse_grainmgr.relay import Relay
 from grainhouse_grainmgr.sessions import StreamKeys
+from grainhouse_proto import grainmgr_pb2
 
 
 class FakeGrain:
@@ -116,3 +117,42 @@ async def test_no_hand_off_over_tcp_nor_with_a_dead_key(
     with pytest.raises(ConnectionError, match="refused"):
         await grain_relay.hand_off(path, "A" * 43)
     assert grain.asked == 0
+
+
+async def test_a_websocket_stream_is_handed_off_and_reports_its_bytes(
+    relay: tuple[Relay, FakeGrain, str],
+) -> None:
+    """grain_websocket's stream: the app's socket itself on a Unix relay (no byte through
+    grainmgr), its lease ended by close with the bytes it carried; relayed over TCP."""
+    r, grain, path = relay
+    loop = asyncio.get_running_loop()
+    before_in, before_out = relayed("in"), relayed("out")
+    ticket = grainmgr_pb2.StreamTicket(
+        relay_address=f"unix:{path}", stream_key_secret=r.keys.issue("g", "s").secret
+    )
+    stream = await grain_relay.relay_connect(ticket)
+    (peer,) = grain.peers
+    assert stream.lease is not None
+    # The socket the stream writes on is the grain's end itself: its peer is the test's.
+    assert stream.writer.get_extra_info("socket").getpeername() == peer.getsockname()
+    await stream.write(b"ping")
+    assert await loop.sock_recv(peer, 100) == b"ping"
+    await loop.sock_sendall(peer, b"pong!")
+    assert await asyncio.wait_for(stream.read(100), 10) == b"pong!"
+    assert grain.done == 0
+    stream.close()
+    await until(lambda: grain.done == 1)
+    await until(lambda: relayed("in") - before_in == 4)
+    assert relayed("out") - before_out == 5
+    assert await asyncio.wait_for(loop.sock_recv(peer, 100), 10) == b""
+
+    # Over TCP the same call gets a relayed stream: no lease, bytes copied by the relay.
+    tcp = grainmgr_pb2.StreamTicket(
+        relay_address=r.address, stream_key_secret=r.keys.issue("g", "s").secret
+    )
+    relayed_stream = await grain_relay.relay_connect(tcp)
+    assert relayed_stream.lease is None
+    await relayed_stream.write(b"hi")
+    assert await asyncio.wait_for(loop.sock_recv(grain.peers[1], 100), 10) == b"hi"
+    relayed_stream.close()
+    assert await asyncio.wait_for(loop.sock_recv(grain.peers[1], 100), 10) == b""
