@@ -41,14 +41,18 @@ test: setup ## Set up and run the whole test suite
 test-unit: setup ## Only the fast unit tests
 	@$(VENV)/bin/pytest -m unit -n $(PYTEST_WORKERS)
 
-lint: setup ## ruff, import-linter contracts, mypy on libs/ and the CLI
+lint: setup ## ruff, import-linter contracts, mypy on libs/, the services and the CLI
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/lint-imports
-	@$(VENV)/bin/mypy --no-incremental libs/common/grainhouse_common libs/package/grainhouse_package cli/grainhouse_cli
+	@$(VENV)/bin/mypy --no-incremental libs/common/grainhouse_common libs/package/grainhouse_package \
+		services/auth/grainhouse_auth services/grainmgr/grainhouse_grainmgr \
+		services/backup/grainhouse_backup services/frontend/grainhouse_frontend cli/grainhouse_cli
 
-typecheck: setup ## mypy on the shared library and the CLI
-	@$(VENV)/bin/mypy libs/common/grainhouse_common cli/grainhouse_cli
+typecheck: setup ## mypy (strict) on libs/, the services and the CLI, as `make lint` runs it
+	@$(VENV)/bin/mypy libs/common/grainhouse_common libs/package/grainhouse_package \
+		services/auth/grainhouse_auth services/grainmgr/grainhouse_grainmgr \
+		services/backup/grainhouse_backup services/frontend/grainhouse_frontend cli/grainhouse_cli
 
 bench: setup ## Benchmarks; results in bench/results/latest.json
 	@$(PY) bench/run.py

@@ -18,6 +18,7 @@ from grainhouse_auth import (
 )
 from grainhouse_auth.service_base import Ctx, ServicerBase
 from grainhouse_common.errors import GrainhouseError, Kind
+from grainhouse_common.timestamps import timestamp
 from grainhouse_proto import auth_pb2
 
 
@@ -56,7 +57,7 @@ class AdminRpcs(ServicerBase):
         resp = auth_pb2.CreateSetupLinkResponse(
             url=f"{self._base(request.base_url)}/setup/{secret}", setup_link_secret=secret
         )
-        resp.expires_at.CopyFrom(convert.ts(ticket.expires_at))
+        resp.expires_at.CopyFrom(timestamp(ticket.expires_at))
         return resp
 
     async def RedeemSetupLink(
@@ -120,8 +121,8 @@ class AdminRpcs(ServicerBase):
             created_by=p.account_id,
             grants_admin=ticket.grants_admin,
         )
-        inv.created_at.CopyFrom(convert.ts(ticket.created_at))
-        inv.expires_at.CopyFrom(convert.ts(ticket.expires_at))
+        inv.created_at.CopyFrom(timestamp(ticket.created_at))
+        inv.expires_at.CopyFrom(timestamp(ticket.expires_at))
         return auth_pb2.CreateInvitationResponse(invitation=inv, invitation_secret=secret, url=url)
 
     async def ListAccounts(

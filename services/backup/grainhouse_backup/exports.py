@@ -27,7 +27,11 @@ from grainhouse_common import __version__ as platform_version
 from grainhouse_proto import grainmgr_pb2 as gpb
 
 # FileEntry.type (grainmgr.proto) -> the archive's entry kinds.
-FILE_TYPES = {1: archive.REGULAR, 2: archive.DIRECTORY, 3: archive.SYMLINK}
+FILE_TYPES = {
+    gpb.FILE_TYPE_REGULAR: archive.REGULAR,
+    gpb.FILE_TYPE_DIRECTORY: archive.DIRECTORY,
+    gpb.FILE_TYPE_SYMLINK: archive.SYMLINK,
+}
 
 
 def iso(ts: Timestamp) -> str:

@@ -7,6 +7,8 @@ Never: puts a storage path or anything not in the row into a message.
 
 from __future__ import annotations
 
+from typing import cast
+
 from grainhouse_backup.store import BackupRow, TaskRow
 from grainhouse_common.timestamps import maybe_timestamp as stamp_of
 from grainhouse_proto import backup_pb2 as bpb
@@ -15,8 +17,9 @@ from grainhouse_proto import backup_pb2 as bpb
 def task_pb(row: TaskRow) -> bpb.BackupTask:
     msg = bpb.BackupTask(
         task_id=row.task_id,
-        kind=row.kind,
-        state=row.state,
+        # The row holds the enums' numbers (store.py's constants are backup.proto's values).
+        kind=cast(bpb.TaskKind, row.kind),
+        state=cast(bpb.TaskState, row.state),
         grain_id=row.grain_id,
         backup_id=row.backup_id,
         owner_account_id=row.owner_id,
@@ -29,7 +32,7 @@ def task_pb(row: TaskRow) -> bpb.BackupTask:
     if row.state == 4:
         msg.error.CopyFrom(
             bpb.TaskError(
-                refusal=row.error_refusal,
+                refusal=cast(bpb.ArchiveRefusalReason, row.error_refusal),
                 message=row.error_message,
                 entry_name=row.error_entry,
                 retryable=row.error_retryable,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-EVERY = {1: "hourly", 2: "daily", 3: "weekly"}
+from grainhouse_proto import backup_pb2 as pb
+
+EVERY = {pb.FREQUENCY_HOURLY: "hourly", pb.FREQUENCY_DAILY: "daily", pb.FREQUENCY_WEEKLY: "weekly"}
 FREQUENCY = {v: k for k, v in EVERY.items()}
 PERIOD = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
 # Daily and weekly runs are spread over the night, 01:00 to 05:00 UTC.

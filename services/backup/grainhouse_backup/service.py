@@ -12,7 +12,7 @@ import datetime as dt
 import re
 import shutil
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -86,7 +86,7 @@ def schedule_pb(row: ScheduleRow) -> pb.Schedule:
     return msg
 
 
-class BackupService(backup_pb2_grpc.BackupServicer):  # type: ignore[misc]
+class BackupService(backup_pb2_grpc.BackupServicer):
     def __init__(
         self, store: Store, engine: Engine, grainmgr: Any, *, period_override: int = 0
     ) -> None:
@@ -97,7 +97,9 @@ class BackupService(backup_pb2_grpc.BackupServicer):  # type: ignore[misc]
 
     async def _grain(self, grain_id: str) -> gpb.Grain:
         try:
-            return await self.grainmgr.GetGrain(gpb.GetGrainRequest(grain_id=grain_id))
+            return cast(
+                gpb.Grain, await self.grainmgr.GetGrain(gpb.GetGrainRequest(grain_id=grain_id))
+            )
         except Exception as exc:
             if hasattr(exc, "code"):
                 raise from_rpc_error(exc) from exc

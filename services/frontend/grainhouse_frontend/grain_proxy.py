@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import h11
@@ -295,8 +295,11 @@ class GrainProxy:
         platform's other credentials. Repeated asks for one dead id are answered before this,
         in `_origin`, for a while (Origins.gone)."""
         try:
-            return await self.auth.ResolveOrigin(
-                auth_pb2.ResolveOriginRequest(origin_id=oid), timeout=5
+            return cast(
+                auth_pb2.ResolveOriginResponse,
+                await self.auth.ResolveOrigin(
+                    auth_pb2.ResolveOriginRequest(origin_id=oid), timeout=5
+                ),
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

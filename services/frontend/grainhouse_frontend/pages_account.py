@@ -36,7 +36,7 @@ class AccountPages(UiBase):
         )
         tokens = [
             {"token_id": t.token_id, "name": t.name, "hint": t.secret_hint,
-             "scope": SCOPE_NAMES.get(max(t.scopes) if t.scopes else 0, "?"),
+             "scope": SCOPE_NAMES.get(max(t.scopes, default=auth_pb2.SCOPE_UNSPECIFIED), "?"),
              "expires": when(t.expires_at)}
             for t in reply.tokens
         ]  # fmt: skip

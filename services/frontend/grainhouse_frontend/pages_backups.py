@@ -12,7 +12,7 @@ backup, task or schedule of another account (backup answers NOT_FOUND for them).
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from starlette.requests import Request
@@ -64,8 +64,11 @@ def backup_view(b: bpb.BackupInfo) -> dict[str, Any]:
 
 class BackupPages(UiBase):
     async def _owned(self, user: WebUser, grain_id: str) -> grainmgr_pb2.Grain:
-        grain = await self.d.grainmgr.GetGrain(
-            grainmgr_pb2.GetGrainRequest(grain_id=grain_id), timeout=10
+        grain = cast(
+            grainmgr_pb2.Grain,
+            await self.d.grainmgr.GetGrain(
+                grainmgr_pb2.GetGrainRequest(grain_id=grain_id), timeout=10
+            ),
         )
         if grain.owner_account_id != user.account_id:
             raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
@@ -107,11 +110,11 @@ class BackupPages(UiBase):
             if request.method == "POST":
                 await self.post_form(request, user)
                 await self._owned(user, grain_id)
-                task = await rest_backups.create_backup(
+                created = await rest_backups.create_backup(
                     self.d.backup, grain_id, user.account_id, key=secrets.token_hex(8)
                 )
                 return RedirectResponse(
-                    f"/grain/{grain_id}/backup?task={rest_backups.TASK_PREFIX}{task.task_id}",
+                    f"/grain/{grain_id}/backup?task={rest_backups.TASK_PREFIX}{created.task_id}",
                     status_code=303,
                 )
             grain = await self._owned(user, grain_id)

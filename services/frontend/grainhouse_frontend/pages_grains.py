@@ -8,7 +8,7 @@ Never: frames a grain the viewer may not open; shows a share link's secret twice
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from starlette.requests import Request
@@ -312,8 +312,11 @@ class GrainPages(UiBase):
             return self.fail(request, user, exc)
 
     async def _owned_grain(self, user: WebUser, grain_id: str) -> grainmgr_pb2.Grain:
-        grain = await self.d.grainmgr.GetGrain(
-            grainmgr_pb2.GetGrainRequest(grain_id=grain_id), timeout=10
+        grain = cast(
+            grainmgr_pb2.Grain,
+            await self.d.grainmgr.GetGrain(
+                grainmgr_pb2.GetGrainRequest(grain_id=grain_id), timeout=10
+            ),
         )
         if grain.owner_account_id != user.account_id:
             raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
@@ -482,4 +485,7 @@ async def install_stream(
         if buf:
             yield grainmgr_pb2.InstallPackageRequest(chunk=buf)
 
-    return await grainmgr.InstallPackage(parts(), timeout=300)
+    return cast(
+        grainmgr_pb2.InstallPackageResponse,
+        await grainmgr.InstallPackage(parts(), timeout=300),
+    )

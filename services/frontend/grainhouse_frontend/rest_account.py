@@ -8,7 +8,7 @@ Never: shows a token secret except in the answer that creates it.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -143,7 +143,7 @@ def routes(deps: Deps) -> list[ApiRoute]:
         )
         if not reply.accounts:
             raise GrainhouseError(Kind.NOT_FOUND, "no such account")
-        return reply.accounts[0]
+        return cast(auth_pb2.Account, reply.accounts[0])
 
     async def get_user(request: Request, caller: Caller) -> Response:
         doc = user_json(await find_user(caller, request.path_params["account_id"]))

@@ -18,7 +18,7 @@ Decisions written down here:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -178,19 +178,22 @@ async def get_task(backup: Any, task_id: str, account_id: str) -> bpb.BackupTask
     inner = task_id.removeprefix(TASK_PREFIX)
     if not ID_RE.match(inner):
         raise GrainhouseError(Kind.NOT_FOUND, "no such task")
-    return await backup.GetTask(
-        bpb.GetTaskRequest(task_id=inner, owner_account_id=account_id), timeout=10
+    return cast(
+        bpb.BackupTask,
+        await backup.GetTask(
+            bpb.GetTaskRequest(task_id=inner, owner_account_id=account_id), timeout=10
+        ),
     )
 
 
 async def create_backup(
     backup: Any, grain_id: str, account_id: str, note: str = "", key: str = ""
 ) -> bpb.BackupTask:
-    return await backup.CreateBackup(
+    return cast(bpb.BackupTask, await backup.CreateBackup(
         bpb.CreateBackupRequest(grain_id=grain_id, owner_account_id=account_id,
                                 acting_account_id=account_id, note=note, request_key=key),
         timeout=30,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 async def restore_upload(
@@ -218,7 +221,7 @@ async def restore_upload(
         if buf:
             yield bpb.RestoreBackupRequest(chunk=buf)
 
-    return await backup.RestoreBackup(parts(), timeout=UPLOAD_TIMEOUT)
+    return cast(bpb.BackupTask, await backup.RestoreBackup(parts(), timeout=UPLOAD_TIMEOUT))
 
 
 # -- routes ---------------------------------------------------------------------------------

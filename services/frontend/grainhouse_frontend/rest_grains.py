@@ -7,7 +7,7 @@ Never: tells a caller without access whether a grain exists (404 for both).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from starlette.requests import Request
@@ -77,8 +77,11 @@ def routes(deps: Deps) -> list[ApiRoute]:
         return reply
 
     async def fetch(grain_id: str) -> grainmgr_pb2.Grain:
-        return await deps.grainmgr.GetGrain(
-            grainmgr_pb2.GetGrainRequest(grain_id=grain_id), timeout=10
+        return cast(
+            grainmgr_pb2.Grain,
+            await deps.grainmgr.GetGrain(
+                grainmgr_pb2.GetGrainRequest(grain_id=grain_id), timeout=10
+            ),
         )
 
     async def list_shared(request: Request, caller: Caller, trashed: str) -> Response:

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from grainhouse_common.settings import ServiceSettings
 
 
-class FrontendSettings(ServiceSettings):  # type: ignore[misc]
+class FrontendSettings(ServiceSettings):
     service = "frontend"
 
     listen: str = Field("127.0.0.1:6080", description="Public HTTP listener (host:port).")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 GRAIN_TMP = "/tmp"  # noqa: S108  (a path inside the grain's root: its own private tmpfs)
@@ -78,7 +79,7 @@ def _extra_target(entry: str | list[str] | tuple[str, str]) -> tuple[str, str]:
 
 
 def prepare_layout(
-    runtime_dir: str, extra_ro: list[str] | list[str | list[str] | tuple[str, str]]
+    runtime_dir: str, extra_ro: Sequence[str | list[str] | tuple[str, str]]
 ) -> Layout:
     """Build (or rebuild) the skeleton under `runtime_dir`; world-readable, root's."""
     root = os.path.join(runtime_dir, "root")
