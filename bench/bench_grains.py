@@ -21,8 +21,10 @@ Needs `wrk` (tools/system-deps.sh installs it) and the Python stack's pip (wheel
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -53,6 +55,9 @@ APPS = ROOT / "bench" / "apps"
 GRAIN_PYTHON = "/usr/bin/python3"
 WRK_CONNECTIONS = (16, 64)
 CPU_GOAL, HELLO_GOAL, COLD_GOAL_MS, MEMORY_GOAL_MB = 0.9, 0.6, 20.0, 15.0
+# The burst of new connections (new_streams_burst), and the hello app's keep-alive timeout
+# (uvicorn's default): pooled streams idle longer are closed by the app.
+BURST, APP_KEEP_ALIVE_SECONDS = 64, 5
 STACK_ENV = {
     # Nothing stops on its own during the bench; room for the N grains.
     "GRAINHOUSE_GRAINMGR_IDLE_STOP_SECONDS": "3600",
@@ -266,21 +271,85 @@ def throughput(
         for path, name in (("/", "hello"), ("/cpu", "cpu_1ms")):
             for conns in WRK_CONNECTIONS:
                 say(f"wrk {name} {conns} connections")
-                # Warm both sides (streams pooled, caches filled) before measuring.
+                # Each side warmed (streams pooled, caches filled) right before it is measured:
+                # warmed before the other side's run, the full path's pooled streams would sit
+                # idle past the app's own keep-alive timeout (uvicorn: 5 s) and the measured
+                # run would start by reopening all of them at once (that burst is its own
+                # figure: `new_streams_burst`).
                 wrk(f"http://127.0.0.1:{direct_port}{path}", conns, 1, {})
-                wrk(f"http://127.0.0.1:{front_port}{path}", conns, 1, full_headers)
                 d = cpu_per_request(
                     {"app": direct.pid}, f"http://127.0.0.1:{direct_port}{path}", conns, seconds, {}
                 )
+                wrk(f"http://127.0.0.1:{front_port}{path}", conns, 1, full_headers)
                 f = cpu_per_request(
                     full_pids, f"http://127.0.0.1:{front_port}{path}", conns, seconds, full_headers
                 )
                 out[f"{name}_c{conns}"] = compare(d, f)
+        say(f"{BURST} new connections at once, pooled streams gone")
+        out["new_streams_burst"] = new_streams_burst(
+            front_port, full_headers, direct_port, rounds=3 if seconds < 8 else 5
+        )
     finally:
         stop_proc(direct)
     out["goals"] = {"hello_ratio_min": HELLO_GOAL, "cpu_1ms_ratio_min": CPU_GOAL}
     out["grain_id"] = grain
     return out
+
+
+async def _burst_once(port: int, head: bytes, count: int) -> list[float]:
+    """`count` new connections at once, one GET each: ms from dialling to the whole answer."""
+
+    async def one() -> float:
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head)
+            got = await reader.readuntil(b"\r\n\r\n")
+            if not got.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"status line {got.splitlines()[0]!r}")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", got)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+        finally:
+            writer.close()
+        return (time.perf_counter() - t0) * 1000
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def new_streams_burst(
+    front_port: int, full_headers: dict[str, str], direct_port: int, rounds: int
+) -> dict[str, Any]:
+    """The pool's cold case: BURST clients arrive at once after the grain's pooled streams
+    died (idle past the app's keep-alive timeout), so every request needs a new stream
+    (OpenStream, hand-off, a new connection into the app). Baseline: the same burst of new
+    connections to the app directly. Reported, no goal (issue #5 sets none for it)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in full_headers.items())
+    full_head = f"GET / HTTP/1.1\r\n{extra}\r\n".encode()
+    direct_head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    full: list[float] = []
+    direct: list[float] = []
+    for _ in range(rounds):
+        time.sleep(APP_KEEP_ALIVE_SECONDS + 1)
+        full += asyncio.run(_burst_once(front_port, full_head, BURST))
+        direct += asyncio.run(_burst_once(direct_port, direct_head, BURST))
+
+    def summary(ms: list[float]) -> dict[str, float]:
+        ms = sorted(ms)
+        return {
+            "p50_ms": round(statistics.median(ms), 1),
+            "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1),
+            "max_ms": round(ms[-1], 1),
+        }
+
+    f, d = summary(full), summary(direct)
+    return {
+        "connections": BURST,
+        "rounds": rounds,
+        "direct": d,
+        "full": f,
+        "added_p50_ms": round(f["p50_ms"] - d["p50_ms"], 1),
+        "added_p99_ms": round(f["p99_ms"] - d["p99_ms"], 1),
+    }
 
 
 # The steps of a cold open, in order: (name, where it ends). grainmgr logs one "start steps"

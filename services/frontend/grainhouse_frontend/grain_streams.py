@@ -14,9 +14,11 @@ pool; keeps a stream idle past POOL_IDLE_SECONDS (an open stream keeps a grain r
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 
@@ -24,7 +26,7 @@ from grainhouse_frontend.grain_refusal import Denied
 from grainhouse_frontend.grain_relay import RelayStream, relay_connect, upstream_connect
 from grainhouse_frontend.grain_upstream import Upstream
 from grainhouse_frontend.origins import Decision, Origin
-from grainhouse_proto import grainmgr_pb2, grainmgr_pb2_grpc
+from grainhouse_proto import common_pb2, grainmgr_pb2, grainmgr_pb2_grpc
 
 # Idle streams kept per origin. Every request that finds the pool empty costs a gRPC
 # OpenStream, a relay handshake and new connections in the bridge and the app (≈1 ms of CPU
@@ -35,7 +37,22 @@ POOL_PER_ORIGIN = 64
 # idle ones are closed well before grainmgr's idle stop (90 s by default).
 POOL_IDLE_SECONDS = 20.0
 
+# Keys one OpenStream asks for at most (grainmgr.proto: OpenStreamRequest.count).
+MAX_KEYS_PER_ASK = 64
+# A spare key is used only this long after it came (grainmgr's keys live 30 s).
+SPARE_KEY_SECONDS = 20.0
+
 StreamT = TypeVar("StreamT")
+
+
+@dataclasses.dataclass(slots=True)
+class _Spare:
+    """A stream key of a batch, not used yet."""
+
+    session: str  # the grainmgr session it opens a stream of
+    address: str
+    secret: str
+    deadline: float  # monotonic
 
 
 class GrainStreams:
@@ -47,6 +64,11 @@ class GrainStreams:
         self.grainmgr = grainmgr
         self._base_path = base_path  # where the grain's app is served, for OpenSession
         self._pool: dict[str, list[Upstream]] = {}
+        # Stream keys of a batch not used yet, per origin; the ask under way per origin and how
+        # many requests want a key for it now (see _ticket).
+        self._spares: dict[str, list[_Spare]] = {}
+        self._asking: dict[str, asyncio.Future[None]] = {}
+        self._wanting: dict[str, int] = {}
 
     async def take_stream(self, origin: Origin, decision: Decision) -> tuple[Upstream, bool]:
         """A stream for one HTTP exchange: a pooled one if any, else a new one (True if pooled)."""
@@ -77,6 +99,7 @@ class GrainStreams:
         if origin.grainmgr_session and tuple(decision.permissions) != origin.session_permissions:
             # The role changed (narrowed or widened): a new grainmgr session carries it.
             origin.grainmgr_session = ""
+            self._spares.pop(origin.origin_id, None)
             for stale in self._pool.pop(origin.origin_id, []):
                 stale.close()
 
@@ -87,15 +110,75 @@ class GrainStreams:
         connect: Callable[[grainmgr_pb2.StreamTicket], Awaitable[StreamT]],
     ) -> StreamT:
         """A new stream through the origin's grainmgr session (opened first if it has none)."""
-        if origin.grainmgr_session:
+        ticket, spare = await self._ticket(origin, decision)
+        if not spare:
+            return await connect(ticket)
+        try:
+            return await connect(ticket)
+        except ConnectionError:
+            # A spare key the relay refused (its session ended meanwhile): no more spares of
+            # this origin, and one more try with a key asked for now.
+            self._spares.pop(origin.origin_id, None)
+            ticket, _ = await self._ticket(origin, decision)
+            return await connect(ticket)
+
+    async def _ticket(
+        self, origin: Origin, decision: Decision
+    ) -> tuple[grainmgr_pb2.StreamTicket, bool]:
+        """A stream key for `origin` (True if it is a spare from an earlier batch).
+
+        One call to grainmgr per origin at a time: requests that find no spare key while one
+        is under way wait for it, then take a spare or ask for as many keys as are wanted
+        by then. A burst of N new connections costs one OpenSession (if the origin has no
+        session) and one or two OpenStream calls, not N of each."""
+        oid = origin.origin_id
+        self._wanting[oid] = self._wanting.get(oid, 0) + 1
+        try:
+            while True:
+                spare = self._take_spare(origin)
+                if spare is not None:
+                    return spare, True
+                asking = self._asking.get(oid)
+                if asking is None:
+                    break
+                # Shielded: a waiter cancelled (its client left) must not cancel the ask.
+                await asyncio.shield(asking)
+            done = asyncio.get_running_loop().create_future()
+            self._asking[oid] = done
             try:
-                ticket = await self.grainmgr.OpenStream(
+                ticket = await self._ask(origin, decision, self._wanting[oid])
+            except (Denied, ConnectionError) as exc:
+                # Those waiting for this ask fail with it (a grain that cannot start answers
+                # them all at once, as grainmgr's one start attempt would have).
+                done.set_exception(exc)
+                done.exception()  # retrieved: no "never retrieved" log without waiters
+                raise
+            finally:
+                del self._asking[oid]
+                if not done.done():  # asked, or cancelled (its client left): others ask anew
+                    done.set_result(None)
+            return ticket, False
+        finally:
+            self._wanting[oid] -= 1
+            if not self._wanting[oid]:
+                del self._wanting[oid]
+
+    async def _ask(
+        self, origin: Origin, decision: Decision, wanted: int
+    ) -> grainmgr_pb2.StreamTicket:
+        """Keys from grainmgr: `wanted` of them (the first returned, the rest kept as spares)
+        from the origin's session, or the first stream of a new session."""
+        if origin.grainmgr_session:
+            session = origin.grainmgr_session
+            try:
+                ticket: grainmgr_pb2.StreamTicket = await self.grainmgr.OpenStream(
                     grainmgr_pb2.OpenStreamRequest(
-                        grain_id=origin.grain_id, session_id=origin.grainmgr_session
+                        grain_id=origin.grain_id,
+                        session_id=session,
+                        count=min(wanted, MAX_KEYS_PER_ASK),
                     ),
                     timeout=10,
                 )
-                return await connect(ticket)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (
                     grpc.StatusCode.NOT_FOUND,
@@ -103,11 +186,19 @@ class GrainStreams:
                 ):
                     raise ConnectionError("grainmgr refused a stream") from exc
                 origin.grainmgr_session = ""
+            else:
+                if ticket.more_stream_key_secrets:
+                    deadline = time.monotonic() + SPARE_KEY_SECONDS
+                    self._spares.setdefault(origin.origin_id, []).extend(
+                        _Spare(session, ticket.relay_address, secret, deadline)
+                        for secret in ticket.more_stream_key_secrets
+                    )
+                return ticket
         try:
-            opened = await self.grainmgr.OpenSession(
+            opened: grainmgr_pb2.OpenSessionResponse = await self.grainmgr.OpenSession(
                 grainmgr_pb2.OpenSessionRequest(
                     grain_id=origin.grain_id,
-                    identity=decision.identity,
+                    identity=cast(common_pb2.AppIdentity, decision.identity),
                     permissions=decision.permissions,
                     session_type=grainmgr_pb2.SESSION_TYPE_API
                     if origin.session_type == "api"
@@ -127,7 +218,20 @@ class GrainStreams:
             raise ConnectionError("grainmgr could not open a session") from exc
         origin.grainmgr_session = opened.session_id
         origin.session_permissions = tuple(decision.permissions)
-        return await connect(opened.stream)
+        return opened.stream
+
+    def _take_spare(self, origin: Origin) -> grainmgr_pb2.StreamTicket | None:
+        """A spare key of the origin's current session, still well inside its life."""
+        spares = self._spares.get(origin.origin_id)
+        now = time.monotonic()
+        while spares:
+            spare = spares.pop()
+            if spare.session == origin.grainmgr_session and spare.deadline > now:
+                return grainmgr_pb2.StreamTicket(
+                    relay_address=spare.address, stream_key_secret=spare.secret
+                )
+        self._spares.pop(origin.origin_id, None)
+        return None
 
     def sweep(self) -> None:
         """Close pooled streams idle for POOL_IDLE_SECONDS, so idle grains can stop."""
@@ -141,6 +245,11 @@ class GrainStreams:
                 pool[:] = keep
             else:
                 del self._pool[origin_id]
+        now = time.monotonic()
+        for origin_id, spares in list(self._spares.items()):
+            spares[:] = [spare for spare in spares if spare.deadline > now]
+            if not spares:
+                del self._spares[origin_id]
 
     def close(self) -> None:
         """Close every pooled stream (the frontend is stopping)."""
@@ -148,3 +257,4 @@ class GrainStreams:
             for stream in pool:
                 stream.close()
         self._pool.clear()
+        self._spares.clear()

@@ -142,6 +142,12 @@ class Origins:
         return self.url(made.origin_id, scheme) + "/"
 
     def add(self, origin: Origin) -> Origin:
+        """Remember `origin`; if one with its id is known already (the first requests of an
+        origin all ask auth at once, and each makes one), that one is kept and returned, so
+        they all share one grainmgr session and its streams."""
+        known = self.get(origin.origin_id)
+        if known is not None:
+            return known
         self.expire()
         if len(self._table) >= MAX_ORIGINS:
             oldest = min(self._table.values(), key=lambda o: o.last_used)

@@ -375,13 +375,15 @@ class Grains:
             )
         manifest = installed.manifest
         listen = manifest.listen
-        config = {
-            "argv": list(manifest.continue_command),
+        argv = list(manifest.continue_command)
+        app_view_info = view_info(package.manifest)
+        config: dict[str, Any] = {
+            "argv": argv,
             "env": dict(manifest.env),
             "port": listen.port,
             "unix_socket": listen.unix_socket,
             "start_timeout": self.settings.start_timeout_seconds,
-            "view_info": view_info(package.manifest),
+            "view_info": app_view_info,
             "schema": f"{RUNTIME_INSIDE['proto']}/{schema_path().name}",
             "capnp_package": self.settings.capnp_package,
         }
@@ -402,9 +404,7 @@ class Grains:
             # The sandbox starts the app itself, next to the bridge (which adopts it): the
             # app's start no longer waits for the bridge interpreter's. A relative command
             # (searched on PATH) is left to the bridge.
-            child_argv=config["argv"]
-            if config["argv"][:1] and config["argv"][0][:1] == "/"
-            else [],
+            child_argv=argv if argv[:1] and argv[0][:1] == "/" else [],
             child_env=app_env(config),
             bridge_in_process=True,
         )
@@ -437,7 +437,7 @@ class Grains:
             package.package_id,
             bridge,
             pid=process.pid,
-            view_info=config["view_info"],
+            view_info=app_view_info,
             app_version=package.version,
             row=row,
         )
@@ -748,13 +748,14 @@ class Grains:
         await self.store.update_grain(running.grain_id, last_used_at=used, durable=False)
         return used
 
-    def open_stream_key(self, grain_id: str, session_id: str) -> Ticket:
+    def open_stream_keys(self, grain_id: str, session_id: str, count: int = 1) -> list[Ticket]:
+        """`count` one-time keys for streams of a live session (the caller bounds `count`)."""
         running = self.running.get(grain_id)
         if running is None or not running.ready or session_id not in running.sessions:
             raise GrainhouseError(Kind.NOT_FOUND, "no such session; open a new one")
         running.touch()
         running.sessions[session_id].last_used = time.monotonic()
-        return self.keys.issue(grain_id, session_id)
+        return [self.keys.issue(grain_id, session_id) for _ in range(count)]
 
     async def connect_stream(
         self, grain_id: str, session_id: str

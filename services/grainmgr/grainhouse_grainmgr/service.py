@@ -116,6 +116,10 @@ def package_pb(row: PackageRow) -> pb.Package:
     )
 
 
+# Stream keys one OpenStream may issue (grainmgr.proto, OpenStreamRequest.count).
+MAX_STREAM_KEYS = 64
+
+
 def ticket_pb(relay_address: str, ticket: Any) -> pb.StreamTicket:
     return pb.StreamTicket(
         relay_address=relay_address,
@@ -124,7 +128,7 @@ def ticket_pb(relay_address: str, ticket: Any) -> pb.StreamTicket:
     )
 
 
-class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: ignore[misc]
+class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
     def __init__(
         self,
         packages: Packages,
@@ -261,8 +265,15 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):  # type: igno
         )
 
     async def OpenStream(self, request: pb.OpenStreamRequest, context: Any) -> pb.StreamTicket:
-        ticket = self.grains.open_stream_key(request.grain_id, request.session_id)
-        return ticket_pb(self.relay_address(), ticket)
+        count = request.count or 1
+        if count > MAX_STREAM_KEYS:
+            raise GrainhouseError(
+                Kind.INVALID, f"count is {count}: ask for at most {MAX_STREAM_KEYS} stream keys"
+            )
+        first, *more = self.grains.open_stream_keys(request.grain_id, request.session_id, count)
+        reply = ticket_pb(self.relay_address(), first)
+        reply.more_stream_key_secrets.extend(ticket.secret for ticket in more)
+        return reply
 
     async def StopGrain(self, request: pb.StopGrainRequest, context: Any) -> pb.Grain:
         return grain_pb(await self.grains.stop(request.grain_id))

@@ -88,6 +88,35 @@ def test_cold_open_then_warm_requests_see_identity(platform: Platform) -> None:
         assert http(sock, request_bytes("GET", "/whoami", session)).json()["boot"] == first["boot"]
 
 
+def test_open_stream_issues_a_batch_of_one_time_keys(platform: Platform) -> None:
+    """OpenStream's count: one call, several keys, each opening exactly one stream of the
+    session; more than 64 is refused with a readable message."""
+    grain = create(platform, platform.probe)
+    session = open_session(platform.stub, grain.grain_id)
+    one = platform.stub.OpenStream(
+        pb.OpenStreamRequest(grain_id=grain.grain_id, session_id=session.session_id)
+    )
+    assert one.stream_key_secret and list(one.more_stream_key_secrets) == []
+    batch = platform.stub.OpenStream(
+        pb.OpenStreamRequest(grain_id=grain.grain_id, session_id=session.session_id, count=3)
+    )
+    keys = [batch.stream_key_secret, *batch.more_stream_key_secrets]
+    assert len(set(keys)) == 3 and one.stream_key_secret not in keys
+    for key in keys:
+        ticket = pb.StreamTicket(relay_address=batch.relay_address, stream_key_secret=key)
+        with relay_connect(ticket) as sock:
+            whoami = http(sock, request_bytes("GET", "/whoami", session)).json()
+            assert whoami["headers"]["x-sandstorm-session-id"] == session.session_id
+        with pytest.raises(ConnectionError):  # used up
+            relay_connect(ticket)
+    with pytest.raises(grpc.RpcError) as info:
+        platform.stub.OpenStream(
+            pb.OpenStreamRequest(grain_id=grain.grain_id, session_id=session.session_id, count=65)
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 64" in (info.value.details() or "")
+
+
 def test_static_site_example_serves_its_page(platform: Platform) -> None:
     grain = create(platform, platform.static)
     page = get(platform, grain.grain_id, "/")
