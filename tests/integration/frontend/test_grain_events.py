@@ -32,6 +32,16 @@ def grainmgr_calls(stack: Stack, method: str, code: str) -> float:
     return total
 
 
+def grain_with_token(admin_api: Client, app_id: str, title: str) -> tuple[str, Client]:
+    """A new (stopped) grain of `app_id` and a client holding a viewer API token for it."""
+    made = admin_api.api("POST", "/grains", {"app_id": app_id, "title": title})
+    assert made.status == 201, made.text
+    grain = str(made.json()["id"])
+    token = admin_api.api("POST", f"/grains/{grain}/api-tokens", {"role": "viewer", "label": title})
+    assert token.status == 201, token.text
+    return grain, Client(token.json()["api_url"].rstrip("/"), token=token.json()["token"])
+
+
 def wait_state(api: Client, grain_id: str, state: str) -> None:
     deadline = time.monotonic() + 60
     while api.api("GET", f"/grains/{grain_id}").json()["state"] != state:
@@ -42,12 +52,7 @@ def wait_state(api: Client, grain_id: str, state: str) -> None:
 def test_a_stopped_grain_reopens_without_asking_for_a_dead_session(
     stack: Stack, admin_api: Client, probe_app: dict[str, Any]
 ) -> None:
-    made = admin_api.api("POST", "/grains", {"app_id": probe_app["app_id"], "title": "Events"})
-    assert made.status == 201, made.text
-    grain = made.json()["id"]
-    token = admin_api.api("POST", f"/grains/{grain}/api-tokens", {"role": "viewer", "label": "e"})
-    assert token.status == 201, token.text
-    grain_api = Client(token.json()["api_url"].rstrip("/"), token=token.json()["token"])
+    grain, grain_api = grain_with_token(admin_api, probe_app["app_id"], "Events")
     first = grain_api.get("/whoami")
     assert first.status == 200
     session = first.json()["headers"]["x-sandstorm-session-id"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from .harness import Client, Stack
-from .test_grain_events import grainmgr_calls
+from .test_grain_events import grain_with_token, grainmgr_calls
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
 
@@ -20,18 +20,13 @@ BURST = 24
 def test_a_burst_of_new_connections_shares_one_session_and_batched_keys(
     stack: Stack, admin_api: Client, probe_app: dict[str, Any]
 ) -> None:
-    made = admin_api.api("POST", "/grains", {"app_id": probe_app["app_id"], "title": "Burst"})
-    assert made.status == 201, made.text
-    grain = made.json()["id"]
-    token = admin_api.api("POST", f"/grains/{grain}/api-tokens", {"role": "viewer", "label": "b"})
-    assert token.status == 201, token.text
-    api_url, secret = token.json()["api_url"].rstrip("/"), token.json()["token"]
+    _, grain_api = grain_with_token(admin_api, probe_app["app_id"], "Burst")
     sessions_before = grainmgr_calls(stack, "OpenSession", "OK")
     streams_before = grainmgr_calls(stack, "OpenStream", "OK")
 
     def one(_: int) -> tuple[int, str]:
         # A client of its own per request: a new connection each, all at once.
-        got = Client(api_url, token=secret).get("/whoami")
+        got = Client(grain_api.base, token=grain_api.token).get("/whoami")
         return got.status, got.json()["headers"]["x-sandstorm-session-id"]
 
     with ThreadPoolExecutor(BURST) as pool:
