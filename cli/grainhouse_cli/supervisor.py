@@ -183,11 +183,11 @@ class Supervisor:
 
     # -- processes ----------------------------------------------------------------------
 
-    async def _spawn(self, child: Child) -> None:
+    async def _spawn(self, child: Child) -> asyncio.subprocess.Process:
         if child.log is None:
             child.log = open(self.data.logs / f"{child.name}.log", "ab")  # noqa: SIM115
         out = None if self.verbose else child.log
-        child.proc = await asyncio.create_subprocess_exec(
+        proc = child.proc = await asyncio.create_subprocess_exec(
             *child.argv,
             env=child.env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -197,6 +197,7 @@ class Supervisor:
         )
         child.started_at = time.monotonic()
         self._save_state()
+        return proc
 
     async def _wait_healthy(self, child: Child, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -332,8 +333,8 @@ class Supervisor:
             db_files = await asyncio.to_thread(self._provision, pg)
             self._plan_services(ports, db_files)
             for svc in SERVICES:
-                await self._spawn(self.children[svc])
-                self.say(f"{svc}: starting (pid {self.children[svc].proc.pid})")  # type: ignore[union-attr]
+                proc = await self._spawn(self.children[svc])
+                self.say(f"{svc}: starting (pid {proc.pid})")
             results = await asyncio.gather(
                 *(self._wait_healthy(self.children[svc], 90) for svc in SERVICES)
             )
@@ -384,8 +385,8 @@ class Supervisor:
         self.say(f"First run: open this one-time link to become the admin: {link.url}")
 
     async def _start_one(self, child: Child, timeout: float) -> bool:
-        await self._spawn(child)
-        self.say(f"{child.name}: starting (pid {child.proc.pid})")  # type: ignore[union-attr]
+        proc = await self._spawn(child)
+        self.say(f"{child.name}: starting (pid {proc.pid})")
         if await self._wait_healthy(child, timeout):
             self.say(f"{child.name}: healthy")
             return True

@@ -54,7 +54,7 @@ async def _fail(context: grpc.aio.ServicerContext, exc: BaseException, method: s
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-class _EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no types
     """Sets the request id, counts and times the call, maps errors once."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
@@ -160,10 +160,10 @@ def server(metrics: RpcMetrics) -> tuple[grpc.aio.Server, HealthServicer]:
 
 
 class _RequestIdClient(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc has no types
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]  # grpc has no types
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]  # grpc has no types
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]  # grpc has no types
 ):
     """Adds the current request id (or a new one) to every outgoing call."""
 
@@ -175,16 +175,24 @@ class _RequestIdClient(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_stream(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 

@@ -236,7 +236,7 @@ class _StrictTarInfo(tarfile.TarInfo):
             raise PackageError(
                 "invalid", f"archive metadata header of {self.size} bytes is too large"
             )
-        result: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        result: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]  # private: not in typeshed
         return result
 
 

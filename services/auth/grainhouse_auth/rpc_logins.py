@@ -21,6 +21,7 @@ from grainhouse_auth import (
 )
 from grainhouse_auth.principals import Principal
 from grainhouse_auth.service_base import Ctx, ServicerBase, client_info
+from grainhouse_auth.store import Conn
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_proto import auth_pb2
 
@@ -183,7 +184,7 @@ class LoginRpcs(ServicerBase):
 
     # -- second factor --
 
-    async def _check_code(self, conn, account_id: str, code: str, recovery: bool) -> None:  # type: ignore[no-untyped-def]
+    async def _check_code(self, conn: Conn, account_id: str, code: str, recovery: bool) -> None:
         key = ratelimit.account_key("totp", account_id)
         await ratelimit.check(conn, [key])
         ok = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import grpc
+from psycopg_pool import AsyncConnectionPool
 
 from grainhouse_auth import (
     logins,
@@ -71,7 +72,7 @@ class ServicerBase(auth_pb2_grpc.AuthServicer):
     # -- wiring (the pool exists only once the database is reached) -------------------------
 
     @property
-    def pool(self):  # type: ignore[no-untyped-def]
+    def pool(self) -> AsyncConnectionPool:
         if self.rt.db is None or not self.rt.ready.is_set():
             raise GrainhouseError(Kind.UNAVAILABLE, "auth is starting; retry shortly")
         return self.rt.db.pool

@@ -52,13 +52,14 @@ def main() -> int:
     )
     assert rt.db is not None
     store = Store(rt.db.pool)
-    parts: dict[str, object] = {}
+    # Made by `register` (the runtime calls it with the server), used by `on_ready` after it.
+    wired: list[tuple[Engine, grainmgr_pb2_grpc.GrainManagerStub]] = []
     background: list[asyncio.Task[None]] = []
 
     def register(server: object, rt: runtime.Runtime) -> None:
         grainmgr = grainmgr_pb2_grpc.GrainManagerStub(rpc.channel(common.grainmgr_addr))
         engine = Engine(store, store_dir, grainmgr, config, Events(rt.bus).publish)
-        parts["engine"], parts["grainmgr"] = engine, grainmgr
+        wired.append((engine, grainmgr))
         svc = service.BackupService(
             store, engine, grainmgr, period_override=own.schedule_period_override_seconds
         )
@@ -69,11 +70,12 @@ def main() -> int:
         available, capacity = store_dir.usage()
         metrics.STORAGE_AVAILABLE.set(available)
         metrics.STORAGE_CAPACITY.set(capacity)
+        engine, grainmgr = wired[-1]
         jobs = Jobs(
             rt.bus.nc,
             store,
-            parts["engine"],  # type: ignore[arg-type]
-            parts["grainmgr"],
+            engine,
+            grainmgr,
             interval=own.scheduler_interval_seconds,
             ack_wait=own.job_ack_wait_seconds,
             max_deliver=own.job_max_deliver,

@@ -28,7 +28,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 FORMAT = "grainhouse-backup"
 FORMAT_VERSION = 1
@@ -185,7 +185,7 @@ class ArchiveWriter:
 
     def __init__(self, sink: Sink, compress_level: int = 6) -> None:
         # typeshed wants a closable file; zipfile only writes and flushes a non-seekable sink.
-        self._zip = zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, allowZip64=True)  # type: ignore[call-overload]
+        self._zip = zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, allowZip64=True)  # type: ignore[call-overload]  # Sink has no close()
         self._level = compress_level
         self._files: list[FileRecord] = []
         self._current: IO[bytes] | None = None
@@ -278,7 +278,8 @@ class ArchiveWriter:
         discards the sink). Without this, zipfile's finalisers would write end records."""
         if self._current is not None:
             # Marks it closed without zipfile's close (which would write a data descriptor).
-            io.BufferedIOBase.close(self._current)  # type: ignore[arg-type]
+            # zipfile's entry writer is a BufferedIOBase; typeshed says only IO[bytes].
+            io.BufferedIOBase.close(cast(io.BufferedIOBase, self._current))
             self._current = None
         self._zip._writing = False
         self._zip.fp = None  # close() is then a no-op

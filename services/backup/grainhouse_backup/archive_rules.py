@@ -311,7 +311,7 @@ def _stream(
     if buf is None:
         buf = memoryview(bytearray(min(left, archive.CHUNK)))
     while left > 0:
-        n = src.readinto(buf[: min(left, archive.CHUNK)])  # type: ignore[attr-defined]
+        n = src.readinto(buf[: min(left, archive.CHUNK)])  # type: ignore[attr-defined]  # IO lacks it; our files have it
         if not n:
             raise Refusal(TRUNCATED_OR_CORRUPT, "an entry is cut short", shown(path))
         left -= n

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 from grainhouse_grainmgr import admission, sandbox_init, sandbox_layout
 from grainhouse_grainmgr import syscalls as sc
@@ -179,7 +179,8 @@ class ForkServer(SpawnMixin, GrainsMixin):
                 elif key.data == "log":
                     self._pump_log(key.fd)
                 elif key.data == "spare":
-                    self._spare_message(key.fileobj)  # type: ignore[arg-type]
+                    # Registered as a socket by _fill_spares; the selector types it loosely.
+                    self._spare_message(cast(socket.socket, key.fileobj))
             if time.monotonic() >= next_quota:
                 for grain in list(self.grains.values()):
                     self._check_quota(grain, notify=True)

@@ -11,6 +11,9 @@ every start and stop holds it); lets a trashed grain start.
 States (grainmgr.proto GrainState): stopped -> starting -> running -> stopping -> stopped;
 running -> crashed (unexpected exit, bridge gone, start timeout); any -> trashed -> stopped
 (restore); trashed/any -> deleted (row and storage gone).
+
+The start sequence is in grain_start.py, the running grain's end (its watcher) in
+grain_end.py: `Grains` inherits both.
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
-import os
 import secrets
 import shutil
 import socket
@@ -34,39 +35,23 @@ from typing import Any
 
 from grainhouse_common.bus import Bus
 from grainhouse_common.errors import GrainhouseError, Kind
-from grainhouse_grainmgr import metrics
 
-# The app's environment is built by the bridge's own function (stdlib only), whoever starts it.
-from grainhouse_grainmgr.bridge import app_env
-from grainhouse_grainmgr.control import MAX_OPEN_STREAMS, BridgeClient, GrainEnds, schema_path
-from grainhouse_grainmgr.launcher import Launcher, Limits, SandboxError, SpawnSpec
+# Re-exported: the start's environment is the bridge's own function (tests check it is).
+from grainhouse_grainmgr.bridge import app_env as app_env
+from grainhouse_grainmgr.control import MAX_OPEN_STREAMS
+from grainhouse_grainmgr.grain_end import du as du
+from grainhouse_grainmgr.grain_start import RUNTIME_INSIDE as RUNTIME_INSIDE
+from grainhouse_grainmgr.grain_start import GrainStarter
+from grainhouse_grainmgr.launcher import Launcher
 from grainhouse_grainmgr.packages import Packages, view_info
-from grainhouse_grainmgr.running import (
-    EARLY_STEP,
-    LIVE_STATES,
-    OpenedSession,
-    Running,
-    steps_line,
-)
+from grainhouse_grainmgr.running import LIVE_STATES, OpenedSession, Running, steps_line
 from grainhouse_grainmgr.sessions import Session, StreamKeys, Ticket, new_session_id
 from grainhouse_grainmgr.store import GrainRow, Store
 
 log = logging.getLogger("grainhouse.grainmgr.grains")
 
-# Where the platform's own read-only files appear inside every grain (see __main__'s
-# grain_runtime_paths): fixed places, independent of where the code lives on the host.
-RUNTIME_INSIDE = {
-    "bridge": "/opt/grainhouse/bridge",
-    "proto": "/opt/grainhouse/proto",
-    "capnp": "/opt/grainhouse/capnp",
-}
-BRIDGE_PROGRAM = f"{RUNTIME_INSIDE['bridge']}/bridge.py"
 MAX_TITLE = 200
-CRASH_WINDOW_SECONDS = 60.0
-CRASHES_BEFORE_BACKOFF = 3
 PING_TIMEOUT_SECONDS = 10.0
-# How long opening a grain waits for an export that holds it still (docs/backup.md).
-EXPORT_WAIT_SECONDS = 30.0
 
 
 def new_grain_id() -> str:
@@ -92,7 +77,7 @@ class LifecycleSettings:
     capnp_package: str = ""
 
 
-class Grains:
+class Grains(GrainStarter):
     def __init__(
         self,
         store: Store,
@@ -288,321 +273,6 @@ class Grains:
         await self.store.update_grain(grain_id, title=title)
         return await self.get(grain_id)
 
-    # -- start --------------------------------------------------------------------------------
-
-    async def ensure_running(
-        self,
-        grain_id: str,
-        started: float = 0.0,
-        record_later: bool = False,
-        first_session: dict[str, Any] | None = None,
-    ) -> Running:
-        """Start the grain unless it runs; N concurrent callers start exactly one process.
-
-        The grain's row says "running" on return, unless `record_later`: then the write may
-        still be in flight (`Running.recorded`, which the caller must await) so that the
-        caller's own work overlaps it. `started` (monotonic) is when the caller's request
-        came in: the start's steps are logged relative to it. `first_session`: the caller's
-        session parameters (with its sessionId); if this call starts the grain, that session is
-        opened on the bridge while the app starts (`Running.early`).
-
-        While an export holds the grain still (frozen, or stopped and kept from starting),
-        callers wait up to EXPORT_WAIT_SECONDS for it to end, then get UNAVAILABLE."""
-        if (exporting := self.busy.get(grain_id)) is not None:
-            try:
-                await asyncio.wait_for(exporting.wait(), EXPORT_WAIT_SECONDS)
-            except TimeoutError:
-                raise GrainhouseError(
-                    Kind.UNAVAILABLE, "the grain is being backed up; retry later"
-                ) from None
-        running = self.running.get(grain_id)
-        if running is None or not running.ready or running.stopping:
-            if not grain_id or len(grain_id) > 64:
-                await self.get(grain_id)  # raises the usual error before a lock is made
-            try:
-                async with self.lock(grain_id):
-                    running = self.running.get(grain_id)
-                    if running is None or not running.ready or running.stopping:
-                        running = await self._start(grain_id, started, first_session)
-            except GrainhouseError as exc:
-                if exc.kind == Kind.NOT_FOUND and grain_id not in self.running:
-                    self._locks.pop(grain_id, None)  # no lock kept per unknown id
-                raise
-        if not record_later and running.recorded is not None:
-            await asyncio.shield(running.recorded)
-        return running
-
-    async def _start(
-        self, grain_id: str, started: float = 0.0, first_session: dict[str, Any] | None = None
-    ) -> Running:
-        with metrics.grains_starting.track_inprogress():  # down again however the start ends
-            return await self._start_tracked(grain_id, started or time.monotonic(), first_session)
-
-    async def _start_tracked(
-        self, grain_id: str, started: float, first_session: dict[str, Any] | None
-    ) -> Running:
-        steps = {"in": started}
-        if not grain_id or len(grain_id) > 64:
-            await self.get(grain_id)  # raises the usual error
-        # One statement: the row and the app's current package (no second connection).
-        found = await self.store.grain_to_start(grain_id)
-        if found is None:
-            raise GrainhouseError(Kind.NOT_FOUND, "no such grain")
-        row = found.row
-        if row.trashed_at is not None:
-            raise GrainhouseError(Kind.CONFLICT, "the grain is in the trash")
-        recent = [
-            t
-            for t in self._crashes.get(grain_id, [])
-            if time.monotonic() - t < CRASH_WINDOW_SECONDS
-        ]
-        self._crashes[grain_id] = recent
-        if len(recent) >= CRASHES_BEFORE_BACKOFF:
-            raise GrainhouseError(
-                Kind.UNAVAILABLE,
-                f"the grain crashed {len(recent)} times in a minute; retry in "
-                f"{int(CRASH_WINDOW_SECONDS - (time.monotonic() - recent[0])) + 1} s",
-            )
-        if len(self.running) >= self.settings.max_running:
-            raise GrainhouseError(Kind.OVERLOADED, "no capacity to start another grain")
-        package = await self._package_for_start(
-            row, found.current_package_id, found.current_version
-        )
-        installed = self._installed.get(package.package_id)
-        if installed is None:
-            installed = self._installed[package.package_id] = self.packages.installed(
-                package.package_id
-            )
-        manifest = installed.manifest
-        listen = manifest.listen
-        argv = list(manifest.continue_command)
-        app_view_info = view_info(package.manifest)
-        config: dict[str, Any] = {
-            "argv": argv,
-            "env": dict(manifest.env),
-            "port": listen.port,
-            "unix_socket": listen.unix_socket,
-            "start_timeout": self.settings.start_timeout_seconds,
-            "view_info": app_view_info,
-            "schema": f"{RUNTIME_INSIDE['proto']}/{schema_path().name}",
-            "capnp_package": self.settings.capnp_package,
-        }
-        ends = GrainEnds.make()
-        spec = SpawnSpec(
-            grain_id=grain_id,
-            # -S: no site import (the bridge needs nothing from site-packages).
-            argv=[self.settings.bridge_python, "-I", "-S", "-B", BRIDGE_PROGRAM],
-            env={"GRAINHOUSE_BRIDGE": json.dumps(config), "LANG": "C.UTF-8"},
-            package_dir=str(installed.files_dir),
-            var_dir=str(self.var_dir(grain_id)),
-            log_path=str(self.log_path(grain_id)),
-            pass_fds=(ends.control_theirs.fileno(), ends.streams_theirs.fileno()),
-            limits=Limits(
-                memory_bytes=self.settings.memory_bytes,
-                var_quota_bytes=self.settings.var_quota_bytes,
-            ),
-            # The sandbox starts the app itself, next to the bridge (which adopts it): the
-            # app's start no longer waits for the bridge interpreter's. A relative command
-            # (searched on PATH) is left to the bridge.
-            child_argv=argv if argv[:1] and argv[0][:1] == "/" else [],
-            child_env=app_env(config),
-            bridge_in_process=True,
-        )
-        # The "starting" write runs while the sandbox is built (it is awaited below, before
-        # anything else is written: writes to one grain's row stay in order).
-        starting = asyncio.ensure_future(self._set_state(grain_id, "starting", None, last_error=""))
-        t0 = steps["checked"] = time.monotonic()
-        try:
-            process = await self.launcher.spawn(spec)
-            steps["spawned"] = time.monotonic()
-        except SandboxError as exc:
-            ends.close()
-            with contextlib.suppress(Exception):  # its failure is not the news here
-                await starting
-            metrics.grain_starts.labels(result="error").inc()
-            metrics.spawn_failed(metrics.spawn_failure_reason(exc.kind, exc.message))
-            await self._set_state(grain_id, "crashed", "crashed", last_error="sandbox failed")
-            log.error("grain %s: sandbox failed: %s", grain_id, exc.message)
-            raise GrainhouseError(Kind.UNAVAILABLE, "the grain could not be started") from exc
-        except BaseException:
-            ends.close()
-            with contextlib.suppress(Exception):
-                await starting
-            raise
-        finally:
-            ends.close_theirs()
-        bridge = BridgeClient(ends, grain_id)
-        running = Running(
-            grain_id,
-            package.package_id,
-            bridge,
-            pid=process.pid,
-            view_info=app_view_info,
-            app_version=package.version,
-            row=row,
-        )
-        self.running[grain_id] = running
-        metrics.grains_running.set(len(self.running))
-        running.watcher = asyncio.create_task(self._watch(running))
-        try:
-            await bridge.connect()
-            if first_session is not None:
-                # newSession needs only the bridge, not the app: it overlaps the app's start
-                # instead of following it (its reply waits in the future until taken).
-                early = asyncio.ensure_future(bridge.new_session(first_session))
-                early.add_done_callback(lambda _: steps.setdefault(EARLY_STEP, time.monotonic()))
-                running.early = (first_session["sessionId"], early)
-            await asyncio.wait_for(
-                self._until_listening(bridge), self.settings.start_timeout_seconds
-            )
-            steps["listening"] = time.monotonic()
-            await starting
-        except (TimeoutError, GrainhouseError) as exc:
-            reason = "start timeout" if isinstance(exc, TimeoutError) else "bridge failed"
-            metrics.grain_starts.labels(result="timeout").inc()
-            metrics.spawn_failed("never_listened" if reason == "start timeout" else "app_exited")
-            running.failure = reason
-            self._drop_early(running)
-            await self.kill(running, reason)
-            raise GrainhouseError(
-                Kind.UNAVAILABLE, f"the app did not start ({reason}); retry later"
-            ) from exc
-        except BaseException:  # the "starting" write failed, or we were cancelled
-            running.failure = "start failed"
-            self._drop_early(running)
-            await self.kill(running, "start failed")
-            raise
-        metrics.start_seconds.observe(time.monotonic() - t0)
-        metrics.grain_starts.labels(result="ok").inc()
-        moved = {}
-        if row.package_id != package.package_id:
-            moved = {"package_id": package.package_id, "app_version": package.version}
-        # A start is a use: the first session's last_used_at rides on this write.
-        running.used_at = now()
-        running.recorded = asyncio.ensure_future(
-            self._set_state(
-                grain_id, "running", "started", row.owner_id, last_used_at=running.used_at, **moved
-            )
-        )
-        running.recorded.add_done_callback(_report_record_failure(grain_id))
-        steps["ready"] = time.monotonic()
-        running.steps = steps
-        running.ready = True
-        running.touch()
-        return running
-
-    @staticmethod
-    def _drop_early(running: Running) -> None:
-        """Forget the starter's early session of a failed start (its error is not the news)."""
-        if running.early is not None:
-            early, running.early = running.early[1], None
-            early.cancel()
-            if early.done() and not early.cancelled():
-                early.exception()  # retrieved: no "exception was never retrieved" warning
-
-    async def _package_for_start(
-        self, row: GrainRow, current_id: str | None, current_version: int
-    ) -> Any:
-        """The app's current version (grains move up at start), else the grain's own."""
-        if current_id is not None and (
-            row.package_id is None or current_version >= row.app_version
-        ):
-            current = await self._package_row(current_id)
-            if current is not None:
-                return current
-        if row.package_id is not None:
-            own = await self._package_row(row.package_id)
-            if own is not None:
-                return own
-        raise GrainhouseError(Kind.CONFLICT, "the grain's app is not installed")
-
-    async def _package_row(self, package_id: str) -> Any:
-        """A package's record, read once: what a start uses of it (id, version, manifest)
-        never changes, the id being its content's hash. None if it is not installed."""
-        package = self._package_rows.get(package_id)
-        if package is None:
-            package = await self.store.get_package(package_id)
-            if package is not None:
-                self._package_rows[package_id] = package
-        return package
-
-    async def _until_listening(self, bridge: BridgeClient) -> None:
-        # The bridge holds a ping until the app listens (or a quarter second): ask again at
-        # once, a sleep here would only add to a slow start.
-        while not await bridge.ping():
-            await asyncio.sleep(0.001)
-
-    async def _watch(self, running: Running) -> None:
-        """Wait for the grain's end (or its bridge going away) and record what happened."""
-        grain_id = running.grain_id
-        exit_wait = asyncio.ensure_future(self.launcher.wait(grain_id))
-        waiting: set[asyncio.Future[Any]] = {exit_wait}
-        while running.bridge.disconnected is None and not exit_wait.done():
-            await asyncio.sleep(0.01)
-        if running.bridge.disconnected is not None:
-            waiting.add(running.bridge.disconnected)
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if not exit_wait.done():
-            # A bridge whose app exited closes fd 3 and exits itself: give it a moment, so
-            # the grain's real exit status is what gets recorded.
-            await asyncio.wait({exit_wait}, timeout=2)
-        if not exit_wait.done():
-            # The control channel broke while the grain lives: garbage on fd 3 or a dead
-            # bridge. Either way this grain can no longer be managed: kill it.
-            if not running.stopping and not running.failure:
-                log.warning("grain %s: control channel lost; killing it", grain_id)
-            with contextlib.suppress(SandboxError):
-                await self.launcher.kill(grain_id)
-        try:
-            status = await exit_wait
-            reason = status.reason
-            detail = (
-                "killed: memory limit"
-                if status.oom_killed
-                else f"exit status {status.code}"
-                if status.code is not None
-                else f"killed by signal {status.signal}"
-            )
-        except SandboxError:
-            detail, reason = "launcher lost", "launcher-lost"
-        await self._finish(running, detail, reason)
-
-    async def _finish(self, running: Running, detail: str, reason: str) -> None:
-        grain_id = running.grain_id
-        if self.running.get(grain_id) is running:
-            del self.running[grain_id]
-        metrics.grains_running.set(len(self.running))
-        for task in list(running.streams):
-            task.cancel()
-        running.sessions.clear()
-        self.keys.forget_grain(grain_id)
-        running.bridge.close()
-        await running.settled()
-        size = await asyncio.to_thread(du, self.var_dir(grain_id))
-        row = await self.store.get_grain(grain_id)
-        if row is None:
-            return  # deleted meanwhile
-        if running.failure:
-            detail = running.failure
-        if running.stopping and not running.failure:
-            metrics.grain_stops.labels(reason="stopped").inc()
-            state = "trashed" if row.trashed_at is not None else "stopped"
-            await self._set_state(grain_id, state, "stopped", size_bytes=size)
-        else:
-            metrics.grain_stops.labels(reason="crashed").inc()
-            self._crashes.setdefault(grain_id, []).append(time.monotonic())
-            log.warning("grain %s crashed: %s (%s)", grain_id, detail, reason)
-            await self._set_state(
-                grain_id, "crashed", "crashed", size_bytes=size, last_error=detail
-            )
-
-    async def kill(self, running: Running, why: str) -> None:
-        """Kill the grain's sandbox and wait until its watcher recorded the end."""
-        with contextlib.suppress(SandboxError):
-            await self.launcher.kill(running.grain_id)
-        if running.watcher is not None:
-            await asyncio.shield(running.watcher)
-
     # -- stop ---------------------------------------------------------------------------------
 
     async def stop(self, grain_id: str) -> GrainRow:
@@ -793,24 +463,3 @@ class Grains:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(g) for g in list(self.running)), return_exceptions=True)
-
-
-def _report_record_failure(grain_id: str) -> Callable[[asyncio.Future[None]], None]:
-    """The start's state write runs on after the reply: a failure is logged here (the grain
-    runs; its row says "starting" until a later write about it lands)."""
-
-    def done(future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and (exc := future.exception()) is not None:
-            log.warning("grain %s: recording state=running failed: %s", grain_id, exc)
-
-    return done
-
-
-def du(path: Path) -> int:
-    """Bytes used under `path` (allocated blocks), never following symlinks."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total

@@ -1,7 +1,7 @@
 """The GrainManager gRPC servicer: decode, call packages.py / grains.py, encode.
 
 Owns: the translation between grainmgr.proto messages and the core's values (pages, states,
-timestamps, archive parts).
+timestamps); archive parts are service_snapshots.py's.
 Trusts: its callers (frontend, backup) as the proto says; nothing else.
 Never: holds lifecycle logic (grains.py does); maps errors itself beyond raising
 GrainhouseError (grainhouse_common.rpc's interceptor maps kinds to gRPC status once).
@@ -14,7 +14,6 @@ import base64
 import contextlib
 import datetime as dt
 import os
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +22,7 @@ import grpc
 from grainhouse_common import rpc
 from grainhouse_common.errors import GrainhouseError, Kind
 from grainhouse_common.timestamps import maybe_timestamp as stamp
-from grainhouse_grainmgr import snapshots
+from grainhouse_grainmgr import service_snapshots
 from grainhouse_grainmgr.authlink import view_info_pb
 from grainhouse_grainmgr.grains import Grains
 from grainhouse_grainmgr.packages import Packages, Upload, view_info
@@ -47,8 +46,6 @@ DEFAULT_PAGE, MAX_PAGE = 50, 500
 LOG_POLL_SECONDS = 0.2
 MAX_LOG_CHUNK = 64 * 1024
 MAX_BACKLOG = 1024 * 1024
-IMPORT_BATCH_BYTES = 4 * 1024 * 1024  # apply an import's parts in batches of this much data
-IMPORT_BATCH_PARTS = 512  # ... or this many parts
 
 
 def page(request: Any) -> tuple[int, int]:
@@ -336,168 +333,24 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
                     yield pb.LogChunk(data=chunk, at=stamp(dt.datetime.now(dt.UTC)))
                 position = end
 
-    # -- export and import --------------------------------------------------------------------
+    # -- export and import (service_snapshots.py does the work) -------------------------------
 
     async def ExportGrain(
         self, request: pb.ExportGrainRequest, context: Any
     ) -> AsyncIterator[pb.GrainArchivePart]:
         # The grain stays still (frozen or stopped) until this generator ends, however it ends.
         async with self.snaps.hold(request.grain_id) as (row, var):
-            package = await self.grains.store.get_package(row.package_id or "")
-            yield pb.GrainArchivePart(
-                header=pb.GrainArchiveHeader(
-                    format_version=snapshots.FORMAT_VERSION,
-                    grain=grain_pb(row),
-                    app_id=row.app_id,
-                    app_version=row.app_version,
-                    app_marketing_version=package.marketing_version if package else "",
-                    snapshot_at=stamp(dt.datetime.now(dt.UTC)),
-                )
-            )
-            async for kind, value in snapshots.stream_snapshot(var):
-                if kind == "file":
-                    yield pb.GrainArchivePart(
-                        file=pb.FileEntry(
-                            path=value.path,
-                            type=value.type,
-                            mode=value.mode,
-                            modified_at=stamp(snapshots.ts(value.mtime)),
-                            size_bytes=value.size,
-                            symlink_target=value.target,
-                        )
-                    )
-                elif kind == "data":
-                    yield pb.GrainArchivePart(data=value)
-                else:
-                    yield pb.GrainArchivePart(trailer=pb.GrainArchiveTrailer(**value))
+            parts = service_snapshots.export_parts(self.grains.store, row, grain_pb(row), var)
+            async with contextlib.aclosing(parts):
+                async for part in parts:
+                    yield part
 
     async def ImportGrain(
         self, request_iterator: AsyncIterator[pb.ImportGrainRequest], context: Any
     ) -> pb.Grain:
-        options, stream = await rpc.stream_head(request_iterator, "options", "import")
-        if not options.owner_account_id:
-            raise GrainhouseError(Kind.INVALID, "options.owner_account_id is required")
-        staging = self.snaps.new_import_dir()
-        try:
-            return await self._import(stream, options, staging)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
-
-    async def _import(self, stream: AsyncIterator[Any], options: Any, staging: Any) -> pb.Grain:
-        async def parts() -> AsyncIterator[Any]:
-            async for message in stream:
-                which = message.WhichOneof("part")
-                if which == "archive_parts":  # several parts grouped (GrainArchiveParts)
-                    if not message.archive_parts.parts:
-                        raise snapshots.invalid("an empty group of parts")
-                    for part in message.archive_parts.parts:
-                        yield part
-                elif which == "archive":
-                    yield message.archive
-                else:
-                    raise GrainhouseError(Kind.INVALID, "options may be sent only once")
-
-        it = aiter(parts())
-        try:
-            head = await anext(it)
-        except StopAsyncIteration as exc:
-            raise GrainhouseError(Kind.INVALID, "archive refused: no header") from exc
-        if head.WhichOneof("part") != "header":
-            raise GrainhouseError(Kind.INVALID, "archive refused: the header must come first")
-        header = head.header
-        if header.format_version > snapshots.FORMAT_VERSION or header.format_version < 1:
-            raise GrainhouseError(Kind.CONFLICT, "archive format is newer than this server")
-        package = await self._import_package(options.package_id, header)
-        writer = snapshots.ImportWriter(
-            staging / "var",
-            self.grains.settings.var_quota_bytes,
-            hash_data=not options.content_verified,
+        return grain_pb(
+            await service_snapshots.import_grain(self.grains, self.snaps, request_iterator)
         )
-        writer.root.mkdir(mode=0o700)
-        # Parts are applied in batches on a worker thread, one batch while the next arrives:
-        # a thread hop per part (10,000 small files = 20,000 parts) cost more than the work.
-        trailer = None
-        batch: list[Any] = []
-        size = 0
-        applying: asyncio.Future[None] | None = None
-        try:
-            async for part in it:
-                if trailer is not None or part.WhichOneof("part") == "header":
-                    raise snapshots.invalid("parts after the trailer, or a second header")
-                batch.append(part)
-                size += len(part.data)
-                if part.WhichOneof("part") == "trailer":
-                    trailer = part
-                if size >= IMPORT_BATCH_BYTES or len(batch) >= IMPORT_BATCH_PARTS:
-                    if applying is not None:
-                        await applying
-                    applying = asyncio.ensure_future(asyncio.to_thread(_apply, writer, batch))
-                    batch, size = [], 0
-            if applying is not None:
-                await applying
-            applying = None
-            if batch:
-                await asyncio.to_thread(_apply, writer, batch)
-        finally:
-            if applying is not None:  # never abort (and rmtree) under a running batch
-                await asyncio.wait([applying])
-                if not applying.cancelled():
-                    applying.exception()  # already failing: this one is not news
-            writer.abort()
-        if trailer is None:
-            raise snapshots.invalid("no trailer: the archive is truncated")
-        title = options.title or header.grain.title
-        row = await self.snaps.adopt(
-            staging, header.app_id, package, options.owner_account_id, title
-        )
-        return grain_pb(row)
-
-    async def _import_package(self, package_id: str, header: Any) -> PackageRow:
-        store = self.grains.store
-        if package_id:
-            package = await store.get_package(package_id)
-            if package is None:
-                raise GrainhouseError(Kind.CONFLICT, "app not installed")
-        else:
-            package = await store.current_package(header.app_id)
-            if package is None:
-                raise GrainhouseError(Kind.CONFLICT, "app not installed")
-        if package.app_id != header.app_id:
-            raise GrainhouseError(Kind.CONFLICT, "the package is of another app")
-        if package.version < header.app_version:
-            raise GrainhouseError(Kind.CONFLICT, "app too old for this archive")
-        return package
-
-
-def _apply(writer: snapshots.ImportWriter, parts: list[Any]) -> None:
-    """Apply archive parts (file, data, trailer) in order; runs on a worker thread."""
-    for part in parts:
-        which = part.WhichOneof("part")
-        if which == "data":
-            writer.data(part.data)
-        elif which == "file":
-            f = part.file
-            writer.file(
-                snapshots.Entry(
-                    f.path,
-                    f.type,
-                    f.mode,
-                    f.modified_at.seconds + f.modified_at.nanos / 1e9,
-                    f.size_bytes,
-                    f.symlink_target,
-                )
-            )
-        elif which == "trailer":
-            t = part.trailer
-            writer.finish(
-                {
-                    "file_count": t.file_count,
-                    "total_bytes": t.total_bytes,
-                    "data_sha256": t.data_sha256,
-                }
-            )
-        else:
-            raise snapshots.invalid("an empty part")
 
 
 def read_range(path: Any, start: int, end: int) -> list[bytes]:

@@ -90,7 +90,7 @@ class _End(asyncio.Protocol):
                 self.quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             except OSError:
                 self.quickack = None
-        out = self.peer.transport  # type: ignore[union-attr]
+        out = self.peer.transport  # type: ignore[union-attr]  # wired in start(); hot path: no assert
         if out is not None:
             out.write(data)
         else:
@@ -98,7 +98,7 @@ class _End(asyncio.Protocol):
             # reading) for its connection_made. Pausing in our own connection_made would not
             # do: Python 3.11's transport adds its reader after that call even when paused.
             self.held += data
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()  # type: ignore[union-attr]  # set: connection_made came first
         if self.seen is not None:
             self.seen(len(data))
 
@@ -119,10 +119,10 @@ class _End(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # Our transport's buffer passed the limit: stop reading what fills it.
-        self.peer.transport.pause_reading()  # type: ignore[union-attr]
+        self.peer.transport.pause_reading()  # type: ignore[union-attr]  # only its reads fill ours
 
     def resume_writing(self) -> None:
-        self.peer.transport.resume_reading()  # type: ignore[union-attr]
+        self.peer.transport.resume_reading()  # type: ignore[union-attr]  # paused above: it exists
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
