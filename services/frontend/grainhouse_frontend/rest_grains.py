@@ -41,6 +41,7 @@ GRAIN_SCHEMA: dict[str, Any] = {
         "state": {"type": "string"}, "url": {"type": "string"},
         "size_bytes": {"type": "integer"}, "is_owner": {"type": "boolean"},
         "role": {"type": "string"}, "owner_display_name": {"type": "string"},
+        "awake_reasons": {"type": "array", "items": {"type": "string"}},
     },
 }  # fmt: skip
 GRANT_SCHEMA: dict[str, Any] = {
@@ -63,6 +64,8 @@ def routes(deps: Deps) -> list[ApiRoute]:
         doc = grain_json(g)
         doc["url"] = f"{deps.public_url}/grain/{g.grain_id}"
         doc["is_owner"] = is_owner
+        if is_owner:  # the app's own words on why it stays awake: for its owner only
+            doc["awake_reasons"] = list(g.awake_reasons)
         return doc
 
     async def authorize(caller: Caller, grain_id: str, owner: bool = False) -> Any:

@@ -113,7 +113,8 @@ def grain_json(g: grainmgr_pb2.Grain) -> dict[str, Any]:
 
 
 def etag_of(doc: dict[str, Any]) -> str:
-    stable = {k: v for k, v in doc.items() if k not in ("state", "last_used_at", "size_bytes")}
+    volatile = ("state", "last_used_at", "size_bytes", "awake_reasons")
+    stable = {k: v for k, v in doc.items() if k not in volatile}
     digest = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:32]
     return f'"{digest}"'
 

@@ -5,12 +5,15 @@ and prepared stream keys, and each stream's connection to the app until it is ha
 grainmgr (then grainmgr owns it: the bridge keeps no copy and sees no byte of it).
 Trusts: grainmgr completely (fd 3 and fd 4 are its only channels): its config in the
 `GRAINHOUSE_BRIDGE` environment variable, its calls on fd 3.
-Never: imports anything but the standard library and pycapnp (it runs on Debian's
-/usr/bin/python3 inside the sandbox, with only the pycapnp package mounted read-only next to
-it); parses HTTP or relays bytes; passes `GRAINHOUSE_*` variables to the app; reads fd 4.
+Never: imports anything but the standard library, pycapnp and its sibling `bridge_platform`
+(it runs on Debian's /usr/bin/python3 inside the sandbox, with only the pycapnp package
+mounted read-only next to it); parses HTTP or relays bytes; passes `GRAINHOUSE_*` variables to
+the app; reads fd 4.
 
 Channels (see proto/grain.capnp, section 5):
-  fd 3  Cap'n Proto two-party connection; the bridge exports `Bridge` as bootstrap.
+  fd 3  Cap'n Proto two-party connection; the bridge exports `Bridge` as bootstrap, grainmgr
+        exports `PlatformBackend` (what the bridge's `Platform` forwards, see bridge_platform).
+  @grainhouse/api  the abstract socket where the app may call `Platform` (bridge_platform).
   fd 4  a SOCK_SEQPACKET socket on which the bridge sends grainmgr, per stream asked for with
         `Bridge.openStream`, one datagram holding the 32-byte stream key with the stream's
         socket attached (SCM_RIGHTS): a socket the bridge connected to the app. grainmgr's
@@ -78,7 +81,26 @@ import signal
 import socket
 import sys
 import time
+from types import ModuleType
 from typing import Any, NoReturn
+
+
+def _sibling(name: str) -> ModuleType:
+    """A module next to this file, for the bridge run as a script inside the grain (where the
+    package is not importable: only its directory is mounted, and -I leaves it off sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"grainhouse_bridge_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no {name} next to the bridge")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+try:  # the fork server imports the bridge as part of its package (the bridge in the init)
+    from grainhouse_grainmgr import bridge_platform as platform
+except ImportError:  # run as a script inside the grain
+    platform = _sibling("bridge_platform")
 
 KEY_BYTES = 32
 KEY_TTL_SECONDS = 30.0
@@ -271,7 +293,7 @@ class Grain:
 def make_bridge_server(schema: Any, grain: Grain) -> Any:
     """The `Bridge` capability (bootstrap of fd 3) and its `SessionHandle`s."""
 
-    class SessionHandle(schema.SessionHandle.Server):  # type: ignore[misc]
+    class SessionHandle(schema.SessionHandle.Server):  # type: ignore[misc]  # pycapnp's run-time base
         def __init__(self, session_id: str) -> None:
             self.session_id = session_id
 
@@ -283,7 +305,7 @@ def make_bridge_server(schema: Any, grain: Grain) -> Any:
             with contextlib.suppress(Exception):
                 grain.close_session(self.session_id)
 
-    class Bridge(schema.Bridge.Server):  # type: ignore[misc]
+    class Bridge(schema.Bridge.Server):  # type: ignore[misc]  # pycapnp's run-time base
         async def getViewInfo(self, **_: Any) -> Any:
             return schema.ViewInfo.new_message(**grain.view_info)
 
@@ -410,10 +432,13 @@ async def serve(config: dict[str, Any]) -> int:
         stream = await capnp.AsyncIoStream.create_unix_connection(sock=control)
         server = capnp.TwoPartyServer(stream, bootstrap=make_bridge_server(schema, grain))
         waiter = loop.create_task(app.wait_listening())
+        api = await serve_platform(capnp, schema, server, grain)
         disconnected = asyncio.ensure_future(server.on_disconnect())
         finished = loop.create_task(grain.done.wait())
         await asyncio.wait({disconnected, finished}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
+        if api is not None:
+            api.close()
         if disconnected.done():
             say("grainmgr closed the control channel")
         # Let a shutdown answer reach grainmgr before the connection goes away.
@@ -423,6 +448,30 @@ async def serve(config: dict[str, Any]) -> int:
     reap(grain)
     status = grain.app.exit_status
     return 0 if grain.shutting_down else (status if status and status > 0 else 1)
+
+
+async def serve_platform(capnp: Any, schema: Any, server: Any, grain: Grain) -> Any:
+    """Serve `Platform` to the app (bridge_platform), backed by grainmgr's `PlatformBackend`
+    (the bootstrap grainmgr exports on fd 3). None (and a log line) if the socket cannot be
+    made: the grain then runs without Platform, as an app that never asks for it does."""
+    backend = server.bootstrap().cast_as(schema.PlatformBackend)
+    budget = platform.LogBudget()
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def session(session_id: str) -> dict[str, Any] | None:
+        found = grain.sessions.get(session_id)
+        return None if found is None else dict(found["params"])
+
+    try:
+        return await platform.listen(
+            capnp, lambda: platform.make_platform(schema, backend, session, write, budget)
+        )
+    except OSError as exc:
+        say(f"cannot serve Platform to the app: {exc.strerror or exc}")
+        return None
 
 
 def run_in_init(env: dict[str, str], child_pid: int) -> NoReturn:

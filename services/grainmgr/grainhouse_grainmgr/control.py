@@ -1,8 +1,9 @@
 """grainmgr's end of a grain's control channels: Cap'n Proto on fd 3, stream hand-over on fd 4.
 
-Owns: the two socket pairs made for one grain start, the two-party RPC client on the first
-and the SEQPACKET hand-over socket on the second: its reader, the stream requests waiting for
-their socket, and every fd the grain sends until it is checked and handed out (or closed);
+Owns: the two socket pairs made for one grain start, the two-party RPC connection on the
+first (grainmgr exports the grain's PlatformBackend on it, the bridge its Bridge) and the
+SEQPACKET hand-over socket on the second: its reader, the stream requests waiting for their
+socket, and every fd the grain sends until it is checked and handed out (or closed);
 the loaded grain.capnp schema.
 Trusts: nothing the bridge answers or sends. Every reply is bounded (traversal limit, caps on
 view info) and a malformed one ends the connection, which grains.py treats as a crash. Every
@@ -123,9 +124,13 @@ class BridgeClient:
         self._reading = False
         self.bad_datagrams = 0
 
-    async def connect(self) -> None:
+    async def connect(self, backend: Any) -> None:
+        """Open fd 3's RPC connection: both ends export a bootstrap, ours is `backend` (the
+        grain's PlatformBackend, grain_platform.make_backend), the bridge's is `Bridge`."""
         stream = await capnp.AsyncIoStream.create_unix_connection(sock=self.ends.control_ours)
-        self._client = capnp.TwoPartyClient(stream, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS)
+        self._client = capnp.TwoPartyServer(
+            stream, bootstrap=backend, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS
+        )
         self._bridge = self._client.bootstrap().cast_as(schema().Bridge)
         self.disconnected = asyncio.ensure_future(self._client.on_disconnect())
         self.ends.streams_ours.setblocking(False)
@@ -274,6 +279,20 @@ class BridgeClient:
             self.disconnected.cancel()
         self._stop_reading("")  # before the socket closes: the loop must not watch a dead fd
         self.ends.close()
+
+
+def refusing_backend() -> Any:
+    """A PlatformBackend that refuses every call: for a bridge connection made without a
+    running grain behind it (tests of hostile bridges)."""
+
+    class Refusing(schema().PlatformBackend.Server):  # type: ignore[misc]  # pycapnp's run-time base
+        async def stayAwake(self, **_: Any) -> None:
+            raise ValueError("no platform here")
+
+        async def getStorageUsage(self, **_: Any) -> None:
+            raise ValueError("no platform here")
+
+    return Refusing()
 
 
 def _check_fd(fd: int) -> socket.socket | None:

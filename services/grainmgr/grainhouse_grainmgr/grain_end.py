@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grainhouse_grainmgr import metrics
+from grainhouse_grainmgr import grain_platform, metrics
 from grainhouse_grainmgr.launcher import Launcher, SandboxError
 from grainhouse_grainmgr.running import Running
 from grainhouse_grainmgr.sessions import StreamKeys
@@ -95,6 +95,7 @@ class GrainWatcher:
         for task in list(running.streams):
             task.cancel()
         running.sessions.clear()
+        grain_platform.release_all(running)
         self.keys.forget_grain(grain_id)
         running.bridge.close()
         await running.settled()

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grainhouse_common.errors import GrainhouseError, Kind
-from grainhouse_grainmgr import metrics
+from grainhouse_grainmgr import grain_platform, metrics
 
 # The app's environment is built by the bridge's own function (stdlib only), whoever starts it.
 from grainhouse_grainmgr.bridge import app_env
-from grainhouse_grainmgr.control import BridgeClient, GrainEnds, schema_path
-from grainhouse_grainmgr.grain_end import GrainWatcher
+from grainhouse_grainmgr.control import BridgeClient, GrainEnds, schema, schema_path
+from grainhouse_grainmgr.grain_end import GrainWatcher, du
 from grainhouse_grainmgr.launcher import Limits, SandboxError, SpawnSpec
 from grainhouse_grainmgr.packages import Packages, view_info
 from grainhouse_grainmgr.running import EARLY_STEP, Running
@@ -230,7 +230,11 @@ class GrainStarter(GrainWatcher):
         metrics.grains_running.set(len(self.running))
         running.watcher = asyncio.create_task(self._watch(running))
         try:
-            await bridge.connect()
+            await bridge.connect(
+                grain_platform.make_backend(
+                    schema(), running, self.var_dir(grain_id), self.settings.var_quota_bytes, du
+                )
+            )
             if first_session is not None:
                 # newSession needs only the bridge, not the app: it overlaps the app's start
                 # instead of following it (its reply waits in the future until taken).

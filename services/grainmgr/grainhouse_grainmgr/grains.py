@@ -297,7 +297,8 @@ class Grains(GrainStarter):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(running.bridge.shutdown(grace), grace + 2)
         try:
-            await asyncio.wait_for(asyncio.shield(running.watcher), 2)  # type: ignore[arg-type]
+            if running.watcher is not None:  # set at every start, right after the spawn
+                await asyncio.wait_for(asyncio.shield(running.watcher), 2)
         except TimeoutError:
             await self.kill(running, "stop")
 

@@ -34,6 +34,10 @@ grains_starting = Gauge(
     "grainhouse_grainmgr_grains_starting",
     "Grains between the start request and the app listening (or the start failing).",
 )
+wake_locks = Gauge(
+    "grainhouse_grainmgr_wake_locks",
+    "Wake locks held by running grains (Platform.stayAwake): no idle stop while held.",
+)
 sandbox_spawn_failures = Counter(
     "grainhouse_grainmgr_sandbox_spawn_failures_total",
     "Grain starts that failed before the app listened, by bounded reason.",

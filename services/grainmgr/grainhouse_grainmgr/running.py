@@ -53,6 +53,8 @@ class Running:
     # The starter's own session, opened on the bridge while the app starts: (session id, the
     # newSession call). open_session takes it instead of calling newSession after the start.
     early: tuple[str, asyncio.Future[Any]] | None = None
+    # Wake locks the grain holds (Platform.stayAwake): id -> reason; no idle stop while any is.
+    wake_locks: dict[int, str] = field(default_factory=dict)
 
     async def settled(self) -> None:
         """The start's own write is done (or failed: then a later write repairs the row)."""

@@ -14,7 +14,7 @@ import base64
 import contextlib
 import datetime as dt
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -68,7 +68,8 @@ def next_token(offset: int, size: int, got: int) -> str:
     return base64.urlsafe_b64encode(str(offset + size).encode()).decode()
 
 
-def grain_pb(row: GrainRow) -> pb.Grain:
+def grain_pb(row: GrainRow, awake_reasons: Iterable[str] = ()) -> pb.Grain:
+    """A grain as the API shows it; `awake_reasons`: its wake locks' reasons while it runs."""
     return pb.Grain(
         grain_id=row.grain_id,
         app_id=row.app_id,
@@ -84,6 +85,7 @@ def grain_pb(row: GrainRow) -> pb.Grain:
         trash_expires_at=stamp(row.trash_expires_at),
         app_title=row.app_title,
         last_error=row.last_error if row.state == "crashed" else "",
+        awake_reasons=list(awake_reasons),
     )
 
 
@@ -143,6 +145,11 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
     def relay_address(self) -> str:
         """Where the frontend dials for grain traffic (the relay binds once the service runs)."""
         return advertised_relay(self.relay_advertise, self.relay.address, self.relay.socket_path)
+
+    def _grain_pb(self, row: GrainRow) -> pb.Grain:
+        """grain_pb with what only the running grain knows: its wake locks' reasons."""
+        running = self.grains.running.get(row.grain_id)
+        return grain_pb(row, running.wake_locks.values() if running is not None else ())
 
     # -- packages -----------------------------------------------------------------------------
 
@@ -204,10 +211,10 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
             request.title,
             request.owner_account_id,
         )
-        return grain_pb(row)
+        return self._grain_pb(row)
 
     async def GetGrain(self, request: pb.GetGrainRequest, context: Any) -> pb.Grain:
-        return grain_pb(await self.grains.get(request.grain_id))
+        return self._grain_pb(await self.grains.get(request.grain_id))
 
     async def ListGrains(
         self, request: pb.ListGrainsRequest, context: Any
@@ -221,14 +228,14 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
             request.owner_account_id, request.app_id, trashed, offset, size
         )
         return pb.ListGrainsResponse(
-            grains=[grain_pb(r) for r in rows],
+            grains=[self._grain_pb(r) for r in rows],
             page=common_pb2.PageResponse(next_page_token=next_token(offset, size, len(rows))),
         )
 
     async def UpdateGrain(self, request: pb.UpdateGrainRequest, context: Any) -> pb.Grain:
         if not request.HasField("title"):
-            return grain_pb(await self.grains.get(request.grain_id))
-        return grain_pb(await self.grains.update_title(request.grain_id, request.title))
+            return self._grain_pb(await self.grains.get(request.grain_id))
+        return self._grain_pb(await self.grains.update_title(request.grain_id, request.title))
 
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Any
@@ -257,7 +264,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
             session_id=opened.session_id,
             stream=ticket_pb(self.relay_address(), opened.ticket),
             view_info=view_info_pb(opened.view_info),
-            grain=grain_pb(opened.row),
+            grain=self._grain_pb(opened.row),
             idle_timeout_seconds=int(self.grains.settings.idle_stop_seconds),
         )
 
@@ -273,16 +280,16 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
         return reply
 
     async def StopGrain(self, request: pb.StopGrainRequest, context: Any) -> pb.Grain:
-        return grain_pb(await self.grains.stop(request.grain_id))
+        return self._grain_pb(await self.grains.stop(request.grain_id))
 
     async def RestartGrain(self, request: pb.RestartGrainRequest, context: Any) -> pb.Grain:
-        return grain_pb(await self.grains.restart(request.grain_id))
+        return self._grain_pb(await self.grains.restart(request.grain_id))
 
     async def TrashGrain(self, request: pb.TrashGrainRequest, context: Any) -> pb.Grain:
-        return grain_pb(await self.grains.trash(request.grain_id))
+        return self._grain_pb(await self.grains.trash(request.grain_id))
 
     async def RestoreGrain(self, request: pb.RestoreGrainRequest, context: Any) -> pb.Grain:
-        return grain_pb(await self.grains.restore(request.grain_id))
+        return self._grain_pb(await self.grains.restore(request.grain_id))
 
     async def DeleteGrain(
         self, request: pb.DeleteGrainRequest, context: Any
@@ -348,7 +355,7 @@ class GrainManagerService(grainmgr_pb2_grpc.GrainManagerServicer):
     async def ImportGrain(
         self, request_iterator: AsyncIterator[pb.ImportGrainRequest], context: Any
     ) -> pb.Grain:
-        return grain_pb(
+        return self._grain_pb(
             await service_snapshots.import_grain(self.grains, self.snaps, request_iterator)
         )
 

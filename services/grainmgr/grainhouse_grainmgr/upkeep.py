@@ -7,7 +7,7 @@ are past their retention (deleted).
 Trusts: grains.py for the table of running grains and for stop, kill and delete (each takes
 the grain's own lock); the launcher for quota events.
 Never: touches a frozen grain (an export holds it still: it stood still, it did not idle);
-stops a grain with an open stream.
+stops a grain with an open stream or a wake lock for idleness.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class Upkeep:
                 if not session.open_streams and session.last_used < limit:
                     del running.sessions[session.session_id]
         for running in [r for r in self.grains.running.values() if not r.frozen]:
+            if running.wake_locks:
+                continue  # the app asked to stay awake (Platform.stayAwake)
             if not running.stopping and not running.streams and running.last_activity < limit:
                 log.info("grain %s idle: stopping", running.grain_id)
                 with contextlib.suppress(GrainhouseError):

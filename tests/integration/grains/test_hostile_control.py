@@ -13,7 +13,7 @@ import capnp
 import pytest
 
 from grainhouse_common.errors import GrainhouseError
-from grainhouse_grainmgr.control import BridgeClient, GrainEnds
+from grainhouse_grainmgr.control import BridgeClient, GrainEnds, refusing_backend
 from grainhouse_grainmgr.launcher import Launcher, LauncherSettings, SpawnSpec
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ async def test_garbage_on_fd3_ends_the_connection(launcher: tuple[Launcher, Path
         )
         ends.close_theirs()
         client = BridgeClient(ends)
-        await client.connect()
+        await client.connect(refusing_backend())
         with pytest.raises(GrainhouseError):
             await asyncio.wait_for(client.ping(), 60)
         assert client.disconnected is not None

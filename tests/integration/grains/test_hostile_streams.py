@@ -22,7 +22,7 @@ import pytest
 
 from grainhouse_common.errors import GrainhouseError
 from grainhouse_grainmgr import control
-from grainhouse_grainmgr.control import BridgeClient, GrainEnds
+from grainhouse_grainmgr.control import BridgeClient, GrainEnds, refusing_backend
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ class FakeBridge:
         stream = await capnp.AsyncIoStream.create_unix_connection(sock=self.ends.control_theirs)
         self.server = capnp.TwoPartyServer(stream, bootstrap=Bridge())
         client = BridgeClient(self.ends, f"fake-{self.app_port}-{id(self)}")
-        await client.connect()
+        await client.connect(refusing_backend())
         return client
 
     async def app_socket(self) -> socket.socket:

@@ -53,7 +53,7 @@ _DUMP = textwrap.dedent(
         "stream_key_timeout": g.streamKeyTimeoutSeconds,
         "methods": {
             name: methods(getattr(g, name))
-            for name in ("Bridge", "SessionHandle", "Platform", "WakeLock")
+            for name in ("Bridge", "SessionHandle", "Platform", "WakeLock", "PlatformBackend")
         },
         "session_params": sorted(g.SessionParams.schema.fieldnames),
     }))
@@ -116,7 +116,9 @@ def test_control_plane_interfaces(grain_schema: dict[str, Any]) -> None:
     assert methods["Bridge"] == sorted(
         ["getViewInfo", "newSession", "openStream", "ping", "shutdown"]
     )
-    assert {"log", "getIdentity", "stayAwake"} <= set(methods["Platform"])
+    assert methods["Platform"] == ["getIdentity", "getStorageUsage", "log", "stayAwake"]
+    # What the bridge forwards to grainmgr: the two calls only grainmgr can answer.
+    assert methods["PlatformBackend"] == ["getStorageUsage", "stayAwake"]
     assert methods["SessionHandle"] == ["close"]
     assert methods["WakeLock"] == ["release"]
     assert grain_schema["bridge_fd"] == 3

@@ -3,7 +3,7 @@
 #
 # Who this file is for:
 #   * grainmgr authors (bridge.py, launcher.py): the `Bridge` interface is what grainmgr calls
-#     on a grain; `Platform` is what grainmgr serves to it.
+#     on a grain; `PlatformBackend` is what grainmgr serves to it (for the bridge's `Platform`).
 #   * bridge authors: the bridge is PID 1 of a grain's pid namespace. It starts the app's
 #     command from the manifest, waits for it to listen on its HTTP port on loopback, and speaks
 #     Cap'n Proto (two-party, this file) to grainmgr over file descriptor 3 — the only channel
@@ -12,7 +12,7 @@
 #   * app authors: you need only the HTTP rules in section 1 (which headers you receive and what
 #     they mean). An app speaks plain HTTP on loopback and never has to touch Cap'n Proto. An app
 #     that wants platform services (logging, wake locks, …) may connect to `appApiSocket` and
-#     call `Platform`; the bridge forwards those calls to grainmgr.
+#     call `Platform`, which the bridge serves (forwarding what only grainmgr knows).
 #   * the frontend authors read section 1 too: the frontend is the only component that parses
 #     HTTP from the outside world, so it is the one that strips and sets these headers.
 #
@@ -33,6 +33,10 @@
 #                 restarts the grain on next use; the bridge exits when fd 3 closes;
 #   unimplemented the method is newer than the peer: treat as "feature absent", never as an
 #                 error to show.
+# Our servers run on pycapnp, which fails every call a Python method refuses with `failed`
+# (whatever exception it raised) and the Python traceback as the description: a limit that
+# this file names (the description says "too many …") arrives as `failed`, not `overloaded`.
+# Callers match the description's words, never the traceback's file paths.
 
 # =============================================================================================
 # Section 1 — HTTP as the app sees it (data, not code: the frontend and tests read these lists)
@@ -286,8 +290,8 @@ interface Bridge {
   # session only; grainmgr (not the bridge) cuts a grain's streams when it stops. Not
   # idempotent (each call opens a connection to the app). Fails: `failed` for an unknown session
   # id, a key that is not 32 bytes, a session that ended while the app was being connected, or
-  # an app that refuses the connection; `overloaded` above the per-grain limit of streams being
-  # connected at once (256). (Earlier drafts had the bridge listen on `streamSocket`, and then
+  # an app that refuses the connection, and above the per-grain limit of streams being
+  # connected at once (256: "too many streams"). (Earlier drafts had the bridge listen on `streamSocket`, and then
   # grainmgr send the bridge a socket pair's end on `streamFd` to splice to the app: two relay
   # hops. Handing the app's socket out instead leaves one hop, in grainmgr.)
 
@@ -313,35 +317,42 @@ interface SessionHandle {
 }
 
 # =============================================================================================
-# Section 4 — Platform: what a grain may call on the platform (bootstrap capability grainmgr
-# exports on fd 3; the bridge offers the same capability to the app on `appApiSocket`).
-# Everything here acts on the calling grain only; there is no way to name another grain.
-# STATUS: specified, not yet served. grainmgr does not export Platform yet and the bridge does
-# not listen on `appApiSocket`; an app that connects there gets "connection refused". The
-# interface is kept here so that apps and the platform agree on it before it ships
-# (docs/grains.md, "Not implemented yet").
+# Section 4 — Platform: what a grain's app may call on the platform. The bridge serves it to the
+# app on `appApiSocket` (one two-party connection per client, bootstrap = Platform). `log` and
+# `getIdentity` are answered by the bridge itself (it owns the grain's log pipe and knows the
+# grain's live sessions); `stayAwake` and `getStorageUsage` are forwarded to `PlatformBackend`,
+# the bootstrap capability grainmgr exports on fd 3 (both ends of fd 3 export a bootstrap:
+# grainmgr's is `PlatformBackend`, the bridge's is `Bridge`). Everything here acts on the calling
+# grain only; there is no way to name another grain.
 # =============================================================================================
 
 interface Platform {
   log @0 (level :LogLevel, message :Text) -> ();
-  # Append a line to the grain's log (what GrainManager.StreamLogs shows the owner). Messages
-  # above 8 KiB are cut; lines beyond the rate limit are dropped and counted, never queued.
-  # Never fails except `disconnected`.
+  # Append a line to the grain's log (what GrainManager.StreamLogs shows the owner), as
+  # `[app <level>] <message>`. A message above 8 KiB is cut; a line break inside it is written
+  # as a line of its own, each with the prefix (the app cannot forge a line of the bridge's).
+  # Lines beyond the rate limit (a burst of 200, then 50 a second) are dropped, never queued,
+  # and counted in a later bridge line. Never fails except `disconnected`. (The app's stdout
+  # and stderr go to the same log, unprefixed: this call adds the level.)
 
   getIdentity @1 (sessionId :Text) -> (identity :Identity, permissions :List(Text));
-  # Who is behind a live session of this grain, and with which permissions now (permissions may
-  # have been narrowed since the session began). Fails: `failed` for an unknown or ended session
-  # id (including sessions of other grains: the grain cannot tell the difference).
+  # Who is behind a live session of this grain (X-Sandstorm-Session-Id of a request), and the
+  # permissions the session was opened with (a change of the user's role opens a new session,
+  # with a new id). Fails: `failed` for an unknown or ended session id (including sessions of
+  # other grains: the grain cannot tell the difference).
 
   stayAwake @2 (reason :Text) -> (lock :WakeLock);
   # Keep the grain running without open sessions (a long import, a sync job), while `lock` is
-  # held. `reason` (at most 200 characters, shown to the owner with the grain) says why. The
+  # held. `reason` (1 to 200 characters, control characters removed) says why: the owner sees
+  # it with the grain (Grain.awake_reasons in grainmgr.proto) while the lock is held. The
   # platform may still stop the grain (owner's stop, trash, shutdown, crash); then the lock is
-  # gone and the app learns it from the dropped connection. Fails: `overloaded` beyond the
-  # per-grain limit of wake locks (4).
+  # gone and the app learns it from the dropped connection. Closing the connection that got
+  # the lock releases it. Fails (`failed`, see Errors above): "needs a reason" for an empty
+  # reason, "at most 200 characters", and "too many wake locks" beyond the per-grain limit (4).
 
   getStorageUsage @3 () -> (sizeBytes :UInt64, quotaBytes :UInt64);
-  # Bytes used by /var as last measured, and the grain's quota (0 = no quota). Read-only.
+  # Bytes used by /var (measured at most every 10 s; a call in between answers the last
+  # measure) and the grain's quota (0 = no quota). Read-only.
 }
 
 interface WakeLock {
@@ -349,6 +360,23 @@ interface WakeLock {
 
   release @0 () -> ();
   # Release now. Idempotent.
+}
+
+interface PlatformBackend {
+  # What grainmgr serves the bridge on fd 3 (its bootstrap), for the `Platform` calls only
+  # grainmgr can answer. Calls arrive from inside the sandbox: grainmgr treats every argument
+  # as hostile (bounded, sanitized, rate-limited by the limits below) and acts on this grain
+  # only. Apps never see it directly; the bridge passes `WakeLock`s through unchanged.
+
+  stayAwake @0 (reason :Text) -> (lock :WakeLock);
+  # As Platform.stayAwake: grainmgr keeps the grain out of its idle stop while any lock is
+  # held (a stop for any other reason still happens), and lists the locks' reasons with the
+  # grain. The lock ends with `release`, when its last reference is dropped (the bridge's
+  # connection to the app, or fd 3, closes) or when the grain stops. Fails (`failed`): as
+  # Platform.stayAwake, and "the grain is stopping" while it stops.
+
+  getStorageUsage @1 () -> (sizeBytes :UInt64, quotaBytes :UInt64);
+  # As Platform.getStorageUsage (grainmgr measures /var on the host, at most every 10 s).
 }
 
 # =============================================================================================
@@ -370,10 +398,13 @@ const streamFd :UInt32 = 4;
 # connected to the app attached (SCM_RIGHTS). Only the bridge writes on it; grainmgr never
 # does. Like `bridgeFd`, it is not inherited by the app.
 
-const appApiSocket :Text = "/run/grainhouse/api.sock";
-# Path, inside the grain, where the bridge serves Platform to the app (Cap'n Proto two-party,
-# bootstrap = Platform). Optional for apps: an app that never connects loses nothing but the
-# Platform calls.
+const appApiSocket :Text = "@grainhouse/api";
+# Where the bridge serves `Platform` to the app (Cap'n Proto two-party, bootstrap = Platform):
+# an abstract Unix socket (the leading "@" stands for a NUL byte: connect to
+# "\0grainhouse/api"), in the grain's own network namespace, so only the grain's own processes
+# reach it and there is no file to delete or race for. Listening from before the app's first
+# request. At most 16 connections at once (more are closed at once). Optional for apps: an app
+# that never connects loses nothing but the Platform calls.
 
 const appPortEnv :Text = "PORT";
 # Environment variable through which the bridge tells the app which loopback TCP port to

@@ -23,6 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+PLATFORM = None  # platform_client.PlatformClient, made on the first /platform/ request
 BOOT_ID = base64.b16encode(os.urandom(8)).decode()  # differs per app process
 WS_MAGIC = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 64 * 1024
@@ -112,8 +113,40 @@ class Handler(BaseHTTPRequestHandler):
                 return
         elif url.path == "/ws":
             self.websocket()
+        elif url.path.startswith("/platform/"):
+            self.platform_call(url.path[len("/platform/") :], q)
         else:
             self.reply({"error": "not found"}, 404)
+
+    def platform_call(self, what, q):
+        """Platform (grain.capnp) through the bridge's app socket: 200 and the answer, or 502
+        and the error's text."""
+        global PLATFORM
+        try:
+            if PLATFORM is None:
+                import platform_client  # only probes that ask load pycapnp
+
+                PLATFORM = platform_client.PlatformClient()
+            if what == "identity":
+                answer = PLATFORM.identity(q.get("session", ""))
+            elif what == "awake":
+                answer = PLATFORM.stay_awake(q.get("reason", ""))
+            elif what == "release":
+                answer = PLATFORM.release()
+            elif what == "drop":
+                answer = PLATFORM.drop()
+            elif what == "usage":
+                answer = PLATFORM.usage()
+            elif what == "log":
+                times = int(q.get("n", "1"))
+                answer = PLATFORM.log(q.get("level", "info"), q.get("msg", ""), times)
+            else:
+                self.reply({"error": "not found"}, 404)
+                return
+        except Exception as exc:  # the test reads the error
+            self.reply({"error": str(exc) or type(exc).__name__}, 502)
+            return
+        self.reply(answer)
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
