@@ -71,7 +71,9 @@ class GrainPages(UiBase):
             {"grain_id": g.grain_id, "title": g.title, "app_title": g.app_title,
              "size": human_size(g.size_bytes), "state": STATE_NAMES.get(g.state, "?"),
              "used": "Last used " + when(g.last_used_at) if g.last_used_at.seconds
-             else "Created " + when(g.created_at)}
+             else "Created " + when(g.created_at),
+             # The app's own words (Platform.stayAwake): text, escaped like every value here.
+             "awake": "; ".join(g.awake_reasons)}
             for g in rows
         ]  # fmt: skip
         return self.render(

@@ -4,7 +4,8 @@ storage usage, what the bridge's `Platform` forwards to us.
 Owns: the grain's wake locks (`Running.wake_locks`: id -> reason) and the `WakeLock`
 capabilities that hold them; the grain's last /var measure for getStorageUsage.
 Trusts: nothing the grain sends: a reason is cleaned and bounded, locks are capped per grain,
-a measure is never taken more often than every MEASURE_SECONDS however often it is asked for.
+calls are rate limited per grain (refused beyond the budget, never queued), a measure is never
+taken more often than every MEASURE_SECONDS however often it is asked for.
 Never: acts on another grain (one backend per running grain, made at its start); keeps a
 grain's locks past its stop (they live on its `Running`, which goes with it); blocks the
 event loop (the measure runs in a thread).
@@ -27,6 +28,10 @@ from grainhouse_grainmgr.running import Running
 MAX_WAKE_LOCKS = 4
 MAX_REASON = 200
 MEASURE_SECONDS = 10.0
+# Calls a grain may make on its backend: a burst, then a steady rate (each call costs
+# grainmgr's event loop; a grain that calls faster is refused, never queued).
+CALLS_BURST = 100
+CALLS_PER_SECOND = 20.0
 
 log = logging.getLogger("grainhouse.grainmgr.platform")
 
@@ -96,8 +101,22 @@ def _classes(schema: Any) -> tuple[type, type]:
             self.measure = measure
             self.size = 0
             self.measured_at = -MEASURE_SECONDS
+            self.tokens = float(CALLS_BURST)
+            self.tokens_at = time.monotonic()
+
+        def _spend(self) -> None:
+            now = time.monotonic()
+            self.tokens = min(
+                float(CALLS_BURST), self.tokens + (now - self.tokens_at) * CALLS_PER_SECOND
+            )
+            self.tokens_at = now
+            if self.tokens < 1.0:
+                metrics.platform_calls_refused.inc()
+                raise ValueError(f"too many calls (at most {CALLS_PER_SECOND:.0f} a second)")
+            self.tokens -= 1.0
 
         async def stayAwake(self, reason: str, _context: Any, **_: Any) -> None:
+            self._spend()
             running = self.running
             text = clean_reason(reason)
             if running.stopping:
@@ -111,6 +130,7 @@ def _classes(schema: Any) -> tuple[type, type]:
             _context.results.lock = WakeLock(running, lock_id)
 
         async def getStorageUsage(self, _context: Any, **_: Any) -> None:
+            self._spend()
             if time.monotonic() - self.measured_at >= MEASURE_SECONDS:
                 self.measured_at = time.monotonic()  # one measure at a time, however many ask
                 self.size = await asyncio.to_thread(self.measure, self.var_dir)

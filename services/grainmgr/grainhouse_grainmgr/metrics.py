@@ -38,6 +38,10 @@ wake_locks = Gauge(
     "grainhouse_grainmgr_wake_locks",
     "Wake locks held by running grains (Platform.stayAwake): no idle stop while held.",
 )
+platform_calls_refused = Counter(
+    "grainhouse_grainmgr_platform_calls_refused_total",
+    "PlatformBackend calls refused because a grain called faster than its budget.",
+)
 sandbox_spawn_failures = Counter(
     "grainhouse_grainmgr_sandbox_spawn_failures_total",
     "Grain starts that failed before the app listened, by bounded reason.",

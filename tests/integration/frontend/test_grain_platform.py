@@ -30,6 +30,10 @@ def test_the_app_learns_who_called_and_its_wake_lock_shows_to_the_owner(
     during = admin_api.api("GET", f"/grains/{grain}")
     assert during.json()["awake_reasons"] == ["nightly import"]
     assert during.headers["etag"] == before.headers["etag"]  # not an edit of the grain
+    # The owner's grain list says so too, the app's words as text.
+    assert grain_api.get("/platform/awake?reason=%3Cb%3Ebold%3C/b%3E").status == 200
+    home = admin.get("/").text
+    assert f'data-awake="{grain}">Kept awake: nightly import; &lt;b&gt;bold&lt;/b&gt;<' in home
 
     # Someone the grain is shared with sees the grain, not the app's words.
     link = admin_api.api("POST", f"/grains/{grain}/shares", {"role": "viewer"}).json()
@@ -41,3 +45,4 @@ def test_the_app_learns_who_called_and_its_wake_lock_shows_to_the_owner(
 
     assert grain_api.get("/platform/release").status == 200
     assert admin_api.api("GET", f"/grains/{grain}").json()["awake_reasons"] == []
+    assert f'data-awake="{grain}"' not in admin.get("/").text

@@ -202,3 +202,19 @@ def test_the_bridge_run_as_a_script_loads_its_platform_module_from_beside_it() -
     )
     assert done.returncode == 2, done.stderr  # got as far as reading its (missing) config
     assert "no valid GRAINHOUSE_BRIDGE configuration" in done.stdout
+
+
+async def test_a_grain_calling_too_fast_is_refused_not_queued(tmp_path: Path) -> None:
+    async with wired(tmp_path) as (grain, schema):
+        client, platform = await app_client(grain, schema)
+        refused: list[int] = []
+        for i in range(grain_platform.CALLS_BURST * 2):
+            try:
+                await platform.getStorageUsage()
+            except capnp.KjException as exc:
+                assert "too many calls" in str(exc)
+                refused.append(i)
+        assert refused, "200 calls in a row all went through"
+        assert refused[0] >= grain_platform.CALLS_BURST - 1  # the burst itself is served
+        assert grain.measures == 1  # however often it was asked
+        client.close()
