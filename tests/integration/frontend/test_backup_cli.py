@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from grainhouse_cli.commands_backups import backup_app
 
-from .harness import Client, Stack
+from .harness import Client, Stack, make_token, sign_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")]
 
@@ -26,10 +26,18 @@ def cli_app() -> typer.Typer:
     return app
 
 
+@pytest.fixture(scope="module")
+def cli_user(stack: Stack, admin: Client) -> Client:
+    """An account of this module's own: backup tasks are limited per owner (4 running), and
+    the admin's may still be running from other tests (schedules, tasks not waited for)."""
+    user = sign_up(stack, admin, "Cleo Cli", "cleo-cli@example.org")
+    return Client(stack.url, token=make_token(user, "write"))
+
+
 @pytest.fixture
-def run(stack: Stack, admin_api: Client, tmp_path: Path) -> Any:
+def run(stack: Stack, cli_user: Client, tmp_path: Path) -> Any:
     runner = CliRunner()
-    env = {"GRAINHOUSE_URL": stack.url, "GRAINHOUSE_TOKEN": admin_api.token or "",
+    env = {"GRAINHOUSE_URL": stack.url, "GRAINHOUSE_TOKEN": cli_user.token or "",
            "XDG_CONFIG_HOME": str(tmp_path / "cfg")}  # fmt: skip
 
     def go(*args: str, code: int = 0) -> Any:
@@ -43,9 +51,9 @@ def run(stack: Stack, admin_api: Client, tmp_path: Path) -> Any:
 
 
 def test_create_ls_download_resume_restore(
-    run: Any, admin_api: Client, probe_app: dict[str, Any], tmp_path: Path
+    run: Any, cli_user: Client, probe_app: dict[str, Any], tmp_path: Path
 ) -> None:
-    made = admin_api.api("POST", "/grains", {"app_id": probe_app["app_id"], "title": "CLI"})
+    made = cli_user.api("POST", "/grains", {"app_id": probe_app["app_id"], "title": "CLI"})
     gid = made.json()["id"]
     started = run("create", gid, "--json")
     assert started["kind"] == "backup" and started["id"].startswith("bkt_")
@@ -75,7 +83,7 @@ def test_create_ls_download_resume_restore(
     fresh.write_bytes(whole)
     restored = run("restore", str(fresh), "--title", "From CLI", "--wait", "--json")
     assert set(restored) == {"id", "url", "task"} and restored["id"] != gid
-    assert admin_api.api("GET", f"/grains/{restored['id']}").json()["title"] == "From CLI"
+    assert cli_user.api("GET", f"/grains/{restored['id']}").json()["title"] == "From CLI"
 
 
 def test_refused_restore_exits_5_with_the_reason(run: Any, tmp_path: Path) -> None:
