@@ -218,3 +218,23 @@ async def test_a_grain_calling_too_fast_is_refused_not_queued(tmp_path: Path) ->
         assert refused[0] >= grain_platform.CALLS_BURST - 1  # the burst itself is served
         assert grain.measures == 1  # however often it was asked
         client.close()
+
+
+async def test_garbage_on_the_apps_socket_costs_only_that_connection(tmp_path: Path) -> None:
+    async with wired(tmp_path) as (grain, schema):
+        loop = asyncio.get_running_loop()
+        for junk in (b"\xff" * 64, b"\x00\x00\x00\x00\xff\xff\xff\x7f" + b"A" * 4096):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bad:
+                bad.setblocking(False)
+                await loop.sock_connect(bad, "\0" + grain.name)
+                await loop.sock_sendall(bad, junk)
+
+                # The bridge ends that connection (perhaps after an abort message): EOF.
+                async def until_eof(sock: socket.socket = bad) -> None:
+                    while await loop.sock_recv(sock, 4096):
+                        pass
+
+                await asyncio.wait_for(until_eof(), 10)
+        client, platform = await app_client(grain, schema)
+        assert (await platform.getStorageUsage()).quotaBytes == 2048  # still serving
+        client.close()
