@@ -30,7 +30,6 @@ TRAVERSAL_LIMIT_WORDS = 64 * 1024  # a log message is at most 8 KiB that counts
 
 # C0 controls but tab, and DEL: a log message cannot move a terminal's cursor or colour it.
 _CONTROLS = {c: "?" for c in [*range(0x20), 0x7F] if c != 0x09}
-_SPACES = {c: " " for c in [*range(0x20), 0x7F]}
 
 
 class LogBudget:
@@ -78,8 +77,10 @@ def log_lines(level: str, message: str) -> str:
 
 
 def clean_reason(reason: str) -> str:
-    """A wake lock's reason as the owner will see it; ValueError when empty or too long."""
-    text = " ".join(reason.translate(_SPACES).split())
+    """A wake lock's reason as the owner will see it: anything unprintable (controls, line and
+    paragraph separators, bidi overrides) becomes a space, spaces are folded; ValueError when
+    it is empty or above MAX_REASON characters. grainmgr applies the same rule again."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
     if not text:
         raise ValueError("a wake lock needs a reason")
     if len(text) > MAX_REASON:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from grainhouse_grainmgr import metrics
+from grainhouse_grainmgr.bridge_platform import clean_reason
 from grainhouse_grainmgr.running import Running
 
 MAX_WAKE_LOCKS = 4
-MAX_REASON = 200
 MEASURE_SECONDS = 10.0
 # Calls a grain may make on its backend: a burst, then a steady rate (each call costs
 # grainmgr's event loop; a grain that calls faster is refused, never queued).
@@ -36,17 +36,6 @@ CALLS_PER_SECOND = 20.0
 log = logging.getLogger("grainhouse.grainmgr.platform")
 
 _ids = itertools.count(1)
-
-
-def clean_reason(reason: str) -> str:
-    """The reason as the owner sees it: controls out, whitespace folded; ValueError when it
-    is empty or above MAX_REASON characters."""
-    text = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
-    if not text:
-        raise ValueError("a wake lock needs a reason")
-    if len(text) > MAX_REASON:
-        raise ValueError(f"a wake lock's reason is at most {MAX_REASON} characters")
-    return text
 
 
 def release(running: Running, lock_id: int) -> None:
