@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
@@ -95,6 +96,19 @@ def bearer_from(headers: dict[bytes, bytes]) -> str:
             return ""
         return decoded.partition(":")[2]
     return ""
+
+
+def _asked(origin: Origin) -> Callable[[asyncio.Future[Decision]], None]:
+    """Forget the origin's finished ask (the next expiry asks again); its error is taken
+    here too, so an ask nobody waits for any more logs no "never retrieved" warning."""
+
+    def done(future: asyncio.Future[Decision]) -> None:
+        if origin.deciding is future:
+            origin.deciding = None
+        if not future.cancelled():
+            future.exception()
+
+    return done
 
 
 class GrainProxy:
@@ -327,9 +341,19 @@ class GrainProxy:
         return self.origins.add(origin)
 
     async def _decide(self, origin: Origin) -> Decision:
+        """auth's decision for the origin: cached until it expires, then asked for once
+        however many requests need it meanwhile (a burst at expiry, or every pooled connection
+        of a busy grain at once, would otherwise each make the same Authorize call)."""
         d = origin.decision
         if d is not None and d.expires > time.monotonic():
             return d
+        asking = origin.deciding
+        if asking is None:
+            asking = origin.deciding = asyncio.ensure_future(self._ask_decision(origin))
+            asking.add_done_callback(_asked(origin))
+        return await asyncio.shield(asking)
+
+    async def _ask_decision(self, origin: Origin) -> Decision:
         if origin.credential is None:  # a `ui-` origin: auth holds its credential
             return self._apply(origin, (await self._ask_origin(origin.origin_id)).decision)
         try:

@@ -35,6 +35,7 @@ parties through links.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class Origin:
     last_used: float = field(default_factory=time.monotonic)
     decision: Decision | None = None
     user_agent: str = ""
+    # auth's answer being asked for (grain_proxy._decide): concurrent requests that find the
+    # decision expired wait for this one call instead of each asking auth again.
+    deciding: asyncio.Future[Decision] | None = None
 
 
 def decision_from(reply: auth_pb2.AuthorizeResponse, now: float) -> Decision:

@@ -17,11 +17,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")
 
 
 def grainmgr_calls(stack: Stack, method: str, code: str) -> float:
-    with urllib.request.urlopen(stack.services()["grainmgr"]["metrics"], timeout=10) as resp:
+    return grpc_calls(stack, "grainmgr", method, code)
+
+
+def grpc_calls(stack: Stack, service: str, method: str, code: str) -> float:
+    """How many `method` calls `service` answered with `code` so far (its own metrics)."""
+    with urllib.request.urlopen(stack.services()[service]["metrics"], timeout=10) as resp:
         text = resp.read().decode()
     total = 0.0
     for family in text_string_to_metric_families(text):
-        if family.name != "grainhouse_grainmgr_grpc_requests":
+        if family.name != f"grainhouse_{service}_grpc_requests":
             continue
         for sample in family.samples:
             if sample.name.endswith("_total") and sample.labels == {
