@@ -62,9 +62,14 @@ def ls(
         items,
         lambda: table(
             ["ID", "TITLE", "APP", "STATE", "SIZE"],
-            [[g["id"], g["title"], g["app_title"], g["state"], g["size_bytes"]] for g in items],
+            [[g["id"], g["title"], g["app_title"], _state(g), g["size_bytes"]] for g in items],
         ),
     )
+
+
+def _state(g: dict[str, Any]) -> str:
+    """The state, and whether the app keeps the grain awake (its reasons: `grain ls --json`)."""
+    return f"{g['state']} (kept awake)" if g.get("awake_reasons") else str(g["state"])
 
 
 @grain_app.command("open")

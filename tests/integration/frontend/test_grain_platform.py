@@ -7,6 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
+
+from grainhouse_cli.commands_grains import grain_app
 
 from .harness import Client, Stack, make_token, sign_up
 from .test_grain_events import grain_with_token
@@ -34,6 +37,15 @@ def test_the_app_learns_who_called_and_its_wake_lock_shows_to_the_owner(
     assert grain_api.get("/platform/awake?reason=%3Cb%3Ebold%3C/b%3E").status == 200
     home = admin.get("/").text
     assert f'data-awake="{grain}">Kept awake: nightly import; &lt;b&gt;bold&lt;/b&gt;<' in home
+    assert "The app asked to stay running: nightly import;" in admin.get(f"/grain/{grain}").text
+    # The CLI's list says so in its state column.
+    listed = CliRunner().invoke(
+        grain_app,
+        ["ls"],
+        env={"GRAINHOUSE_URL": stack.url, "GRAINHOUSE_TOKEN": admin_api.token or ""},
+    )
+    assert listed.exit_code == 0, listed.stderr
+    assert "running (kept awake)" in listed.stdout
 
     # Someone the grain is shared with sees the grain, not the app's words.
     link = admin_api.api("POST", f"/grains/{grain}/shares", {"role": "viewer"}).json()
