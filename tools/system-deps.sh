@@ -7,7 +7,9 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v bwrap >/dev/null || need+=(bubblewrap)
-ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || need+=(libseccomp2)
+# Not `grep -q`: it stops reading at the first match, ldconfig then dies of SIGPIPE, and under
+# pipefail the package counted as missing (a needless apt-get run, once, in CI).
+ldconfig -p 2>/dev/null | grep -F libseccomp.so.2 >/dev/null || need+=(libseccomp2)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v apparmor_parser >/dev/null || need+=(apparmor)
 [ -x /usr/bin/chromium ] || need+=(chromium)
