@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from grainhouse_cli import commands_common
 from grainhouse_cli.commands_grains import grain_app
 
 from .harness import Client, Stack, make_token, sign_up
@@ -18,7 +19,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frontend-stack")
 
 
 def test_the_app_learns_who_called_and_its_wake_lock_shows_to_the_owner(
-    stack: Stack, admin: Client, admin_api: Client, probe_app: dict[str, Any]
+    stack: Stack,
+    admin: Client,
+    admin_api: Client,
+    probe_app: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     grain, grain_api = grain_with_token(admin_api, probe_app["app_id"], "Platform")
     headers = grain_api.get("/whoami").json()["headers"]
@@ -38,7 +43,8 @@ def test_the_app_learns_who_called_and_its_wake_lock_shows_to_the_owner(
     home = admin.get("/").text
     assert f'data-awake="{grain}">Kept awake: nightly import; &lt;b&gt;bold&lt;/b&gt;<' in home
     assert "The app asked to stay running: nightly import;" in admin.get(f"/grain/{grain}").text
-    # The CLI's list says so in its state column.
+    # The CLI's list says so in its state column (wide enough that no cell wraps).
+    monkeypatch.setattr(commands_common.out_console, "width", 200)
     listed = CliRunner().invoke(
         grain_app,
         ["ls"],
