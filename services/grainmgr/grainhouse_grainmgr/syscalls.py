@@ -41,6 +41,7 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
+PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -124,15 +125,27 @@ def cap_last_cap() -> int:
 
 
 CAP_KILL = 5
+CAP_SYS_ADMIN = 21
 
 
-def drop_capabilities(keep: tuple[int, ...] = ()) -> None:
-    """Empty the bounding, ambient and inheritable sets, and all but `keep` of the others."""
-    last = cap_last_cap()
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    for cap in range(last + 1):
+def drop_bounding_set(keep: tuple[int, ...] = ()) -> None:
+    """Empty the bounding set but `keep`: what no later exec can gain. The effective and
+    permitted sets are untouched (a process may go on using its capabilities)."""
+    for cap in range(cap_last_cap() + 1):
         if cap not in keep:
             prctl(PR_CAPBSET_DROP, cap)
+
+
+def in_bounding_set(cap: int) -> bool:
+    return prctl(PR_CAPBSET_READ, cap) == 1
+
+
+def drop_capabilities(keep: tuple[int, ...] = (), bounding: bool = True) -> None:
+    """Empty the bounding (unless `bounding` is False: emptied before), ambient and inheritable
+    sets, and all but `keep` of the others."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    if bounding:
+        drop_bounding_set(keep)
     low = sum(1 << cap for cap in keep if cap < 32)
     high = sum(1 << (cap - 32) for cap in keep if cap >= 32)
     header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
