@@ -455,7 +455,7 @@ async def serve_platform(capnp: Any, schema: Any, server: Any, grain: Grain) -> 
     (the bootstrap grainmgr exports on fd 3). None (and a log line) if the socket cannot be
     made: the grain then runs without Platform, as an app that never asks for it does."""
     backend = server.bootstrap().cast_as(schema.PlatformBackend)
-    budget = platform.LogBudget()
+    budget = platform.Budget(platform.LOG_BURST, platform.LOG_PER_SECOND)  # the app's log lines
 
     def write(text: str) -> None:
         sys.stdout.write(text)

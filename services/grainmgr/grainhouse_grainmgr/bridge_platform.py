@@ -32,13 +32,14 @@ TRAVERSAL_LIMIT_WORDS = 64 * 1024  # a log message is at most 8 KiB that counts
 _CONTROLS = {c: "?" for c in [*range(0x20), 0x7F] if c != 0x09}
 
 
-class LogBudget:
-    """A token bucket for the app's log lines: `burst` at once, then `rate` a second."""
+class Budget:
+    """A token bucket: `burst` at once, then `rate` a second; what it refuses is counted (the
+    app's log lines here, a grain's PlatformBackend calls in grainmgr)."""
 
     def __init__(
         self,
-        burst: int = LOG_BURST,
-        rate: float = LOG_PER_SECOND,
+        burst: int,
+        rate: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.burst = burst
@@ -93,7 +94,7 @@ def make_platform(
     backend: Any,
     session: Callable[[str], dict[str, Any] | None],
     write: Callable[[str], None],
-    budget: LogBudget,
+    budget: Budget,
 ) -> Any:
     """One `Platform` capability for one app connection.
 

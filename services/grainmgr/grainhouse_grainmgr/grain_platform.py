@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from grainhouse_grainmgr import metrics
-from grainhouse_grainmgr.bridge_platform import clean_reason
+from grainhouse_grainmgr.bridge_platform import Budget, clean_reason
 from grainhouse_grainmgr.running import Running
 
 MAX_WAKE_LOCKS = 4
@@ -90,19 +90,12 @@ def _classes(schema: Any) -> tuple[type, type]:
             self.measure = measure
             self.size = 0
             self.measured_at = -MEASURE_SECONDS
-            self.tokens = float(CALLS_BURST)
-            self.tokens_at = time.monotonic()
+            self.budget = Budget(CALLS_BURST, CALLS_PER_SECOND)
 
         def _spend(self) -> None:
-            now = time.monotonic()
-            self.tokens = min(
-                float(CALLS_BURST), self.tokens + (now - self.tokens_at) * CALLS_PER_SECOND
-            )
-            self.tokens_at = now
-            if self.tokens < 1.0:
+            if not self.budget.take():
                 metrics.platform_calls_refused.inc()
                 raise ValueError(f"too many calls (at most {CALLS_PER_SECOND:.0f} a second)")
-            self.tokens -= 1.0
 
         async def stayAwake(self, reason: str, _context: Any, **_: Any) -> None:
             self._spend()

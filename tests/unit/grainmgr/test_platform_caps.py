@@ -33,9 +33,9 @@ class Clock:
         return self.now
 
 
-def test_the_log_budget_allows_a_burst_then_its_rate_and_reports_drops_once_a_second() -> None:
+def test_the_budget_allows_a_burst_then_its_rate_and_reports_drops_once_a_second() -> None:
     clock = Clock()
-    budget = bridge_platform.LogBudget(burst=3, rate=2.0, clock=clock)
+    budget = bridge_platform.Budget(burst=3, rate=2.0, clock=clock)
     assert [budget.take() for _ in range(5)] == [True, True, True, False, False]
     assert budget.drops_to_report() == 2
     assert not budget.take()
@@ -103,7 +103,7 @@ async def wired(tmp: Path) -> AsyncIterator[tuple[Grain, Any]]:
             await capnp.AsyncIoStream.create_unix_connection(sock=theirs), bootstrap=Bridge()
         )
         remote = bridge_end.bootstrap().cast_as(schema.PlatformBackend)
-        budget = bridge_platform.LogBudget()
+        budget = bridge_platform.Budget(bridge_platform.LOG_BURST, bridge_platform.LOG_PER_SECOND)
         server = await bridge_platform.listen(
             capnp,
             lambda: bridge_platform.make_platform(
