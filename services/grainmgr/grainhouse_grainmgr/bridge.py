@@ -5,7 +5,8 @@ and prepared stream keys, and each stream's connection to the app until it is ha
 grainmgr (then grainmgr owns it: the bridge keeps no copy and sees no byte of it).
 Trusts: grainmgr completely (fd 3 and fd 4 are its only channels): its config in the
 `GRAINHOUSE_BRIDGE` environment variable, its calls on fd 3.
-Never: imports anything but the standard library, pycapnp and its sibling `bridge_platform`
+Never: imports anything but the standard library, pycapnp and its siblings `bridge_capnp` and
+`bridge_platform`
 (it runs on Debian's /usr/bin/python3 inside the sandbox, with only the pycapnp package
 mounted read-only next to it); parses HTTP or relays bytes; passes `GRAINHOUSE_*` variables to
 the app; reads fd 4.
@@ -98,8 +99,10 @@ def _sibling(name: str) -> ModuleType:
 
 
 try:  # the fork server imports the bridge as part of its package (the bridge in the init)
+    from grainhouse_grainmgr import bridge_capnp
     from grainhouse_grainmgr import bridge_platform as platform
 except ImportError:  # run as a script inside the grain
+    bridge_capnp = _sibling("bridge_capnp")
     platform = _sibling("bridge_platform")
 
 KEY_BYTES = 32
@@ -119,10 +122,14 @@ PROBE_TIMEOUT_SECONDS = 0.002
 PING_HOLD_SECONDS = 0.25
 
 
-def say(message: str) -> None:
-    """One line in the grain's log (stdout is the log pipe)."""
-    sys.stdout.write(f"[bridge] {message}\n")
+def write_log(text: str) -> None:
+    """Lines into the grain's log (stdout is the log pipe)."""
+    sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def say(message: str) -> None:
+    write_log(f"[bridge] {message}\n")
 
 
 class App:
@@ -265,6 +272,11 @@ class Grain:
         finally:
             inside.close()  # grainmgr holds its own copy now (or the stream failed)
 
+    def params_of(self, session_id: str) -> dict[str, Any] | None:
+        """A live session's SessionParams (as a dict), for Platform.getIdentity."""
+        found = self.sessions.get(session_id)
+        return None if found is None else found["params"]
+
     def close_session(self, session_id: str) -> None:
         """Forget a session and its unused keys. Its open streams are grainmgr's: grainmgr
         ends a session only when none is open, and cuts them all when the grain stops."""
@@ -372,43 +384,6 @@ def reap(grain: Grain) -> None:
             grain.done.set()
 
 
-def load_capnp(package_dir: str) -> Any:
-    """Import pycapnp from its own directory, the only part of the venv mounted in the grain.
-
-    Not via sys.path: Landlock lets the grain read the package directory but not list its
-    parent (site-packages), and Python's path finder needs to list the parent.
-    """
-    if "capnp" in sys.modules:  # run in the init: the fork server imported it before forking
-        return sys.modules["capnp"]
-    spec = importlib.util.spec_from_file_location(
-        "capnp", os.path.join(package_dir, "__init__.py"), submodule_search_locations=[package_dir]
-    )
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no pycapnp at {package_dir}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["capnp"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# grain.capnp as the fork server parsed it before forking (`preload_schema`); None in a bridge
-# exec'd as a script, which loads the config's `schema` itself.
-PRELOADED_SCHEMA: Any = None
-
-
-def preload_schema() -> None:
-    """Parse grain.capnp once, in the fork server: a bridge run in the init (`run_in_init`)
-    then skips the parse (≈3 ms of CPU beside the app's start, at every cold start). The file
-    is this package's schema/grain.capnp, the one grainmgr mounts into every grain as the
-    config's `schema` (grains.RUNTIME_INSIDE): the same bytes either way."""
-    global PRELOADED_SCHEMA
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "grain.capnp")
-    try:
-        PRELOADED_SCHEMA = load_capnp("").load(path)
-    except Exception:  # each bridge then loads (and reports a failure of) the config's own
-        PRELOADED_SCHEMA = None
-
-
 async def serve(config: dict[str, Any]) -> int:
     app = App(config)
     grain = Grain(app, config.get("view_info", {"permissions": [], "roles": []}))
@@ -422,8 +397,8 @@ async def serve(config: dict[str, Any]) -> int:
     app.start()
     reap(grain)  # an app started early may have exited before SIGCHLD had a handler
     # pycapnp and the schema load while the app starts (≈100 ms of a cold open otherwise).
-    capnp = load_capnp(config["capnp_package"])
-    schema = PRELOADED_SCHEMA or capnp.load(config["schema"])
+    capnp = bridge_capnp.load_capnp(config["capnp_package"])
+    schema = bridge_capnp.PRELOADED_SCHEMA or capnp.load(config["schema"])
     channel = socket.socket(fileno=STREAM_FD)
     channel.setblocking(False)
     grain.channel = channel  # written by hand_over, never read: grainmgr only reads it
@@ -432,7 +407,11 @@ async def serve(config: dict[str, Any]) -> int:
         stream = await capnp.AsyncIoStream.create_unix_connection(sock=control)
         server = capnp.TwoPartyServer(stream, bootstrap=make_bridge_server(schema, grain))
         waiter = loop.create_task(app.wait_listening())
-        api = await serve_platform(capnp, schema, server, grain)
+        try:  # without it the grain runs as an app that never asks for Platform does
+            api = await platform.serve(capnp, schema, server, grain.params_of, write_log)
+        except OSError as exc:
+            api = None
+            say(f"cannot serve Platform to the app: {exc.strerror or exc}")
         disconnected = asyncio.ensure_future(server.on_disconnect())
         finished = loop.create_task(grain.done.wait())
         await asyncio.wait({disconnected, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -448,30 +427,6 @@ async def serve(config: dict[str, Any]) -> int:
     reap(grain)
     status = grain.app.exit_status
     return 0 if grain.shutting_down else (status if status and status > 0 else 1)
-
-
-async def serve_platform(capnp: Any, schema: Any, server: Any, grain: Grain) -> Any:
-    """Serve `Platform` to the app (bridge_platform), backed by grainmgr's `PlatformBackend`
-    (the bootstrap grainmgr exports on fd 3). None (and a log line) if the socket cannot be
-    made: the grain then runs without Platform, as an app that never asks for it does."""
-    backend = server.bootstrap().cast_as(schema.PlatformBackend)
-    budget = platform.Budget(platform.LOG_BURST, platform.LOG_PER_SECOND)  # the app's log lines
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    def session(session_id: str) -> dict[str, Any] | None:
-        found = grain.sessions.get(session_id)
-        return None if found is None else dict(found["params"])
-
-    try:
-        return await platform.listen(
-            capnp, lambda: platform.make_platform(schema, backend, session, write, budget)
-        )
-    except OSError as exc:
-        say(f"cannot serve Platform to the app: {exc.strerror or exc}")
-        return None
 
 
 def run_in_init(env: dict[str, str], child_pid: int) -> NoReturn:

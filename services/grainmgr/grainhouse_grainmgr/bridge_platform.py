@@ -149,3 +149,18 @@ async def listen(capnp: Any, new_platform: Callable[[], Any], name: str = API_SO
             live -= 1
 
     return await capnp.AsyncIoStream.create_unix_server(accepted, path="\0" + name)
+
+
+async def serve(
+    capnp: Any,
+    schema: Any,
+    control: Any,
+    session: Callable[[str], dict[str, Any] | None],
+    write: Callable[[str], None],
+) -> Any:
+    """Serve `Platform` to the app, backed by grainmgr's `PlatformBackend` (the bootstrap
+    grainmgr exports on fd 3, `control`'s peer). Returns the asyncio server; OSError if the
+    socket cannot be made."""
+    backend = control.bootstrap().cast_as(schema.PlatformBackend)
+    budget = Budget(LOG_BURST, LOG_PER_SECOND)  # the app's log lines
+    return await listen(capnp, lambda: make_platform(schema, backend, session, write, budget))

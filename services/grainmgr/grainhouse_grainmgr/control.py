@@ -281,20 +281,6 @@ class BridgeClient:
         self.ends.close()
 
 
-def refusing_backend() -> Any:
-    """A PlatformBackend that refuses every call: for a bridge connection made without a
-    running grain behind it (tests of hostile bridges)."""
-
-    class Refusing(schema().PlatformBackend.Server):  # type: ignore[misc]  # pycapnp's run-time base
-        async def stayAwake(self, **_: Any) -> None:
-            raise ValueError("no platform here")
-
-        async def getStorageUsage(self, **_: Any) -> None:
-            raise ValueError("no platform here")
-
-    return Refusing()
-
-
 def _check_fd(fd: int) -> socket.socket | None:
     """`fd` as a non-blocking socket if it is a stream socket grainmgr may splice (TCP over
     AF_INET/AF_INET6, or AF_UNIX; not listening), else None (and `fd` closed)."""

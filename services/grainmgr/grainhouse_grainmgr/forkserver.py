@@ -255,11 +255,11 @@ def _preload_bridge() -> None:
     of this process and becomes its bridge without an interpreter start of its own
     (SpawnSpec.bridge_in_process). Without pycapnp here, grains exec the bridge as before."""
     try:
-        import capnp  # noqa: F401 - preloaded for the bridge (bridge.load_capnp finds it)
+        import capnp  # noqa: F401 - preloaded for the bridge (bridge_capnp.load_capnp finds it)
 
-        from grainhouse_grainmgr import bridge
+        from grainhouse_grainmgr import bridge, bridge_capnp
 
-        bridge.preload_schema()
+        bridge_capnp.preload_schema()
     except ImportError as exc:
         print(f"fork server: the bridge runs exec'd (no preload: {exc})", file=sys.stderr)
         return

@@ -243,3 +243,18 @@ def wait_state(platform: Platform, grain_id: str, state: int, timeout: float = 6
         if time.monotonic() > deadline:
             raise AssertionError(f"grain stayed {pb.GrainState.Name(grain.state)}")
         time.sleep(0.1)
+
+
+def refusing_backend() -> Any:
+    """A PlatformBackend that refuses every call: grainmgr's side of fd 3 for a bridge
+    connection made without a running grain behind it (the hostile-bridge tests)."""
+    from grainhouse_grainmgr.control import schema
+
+    class Refusing(schema().PlatformBackend.Server):  # type: ignore[misc]
+        async def stayAwake(self, **_: Any) -> None:
+            raise ValueError("no platform here")
+
+        async def getStorageUsage(self, **_: Any) -> None:
+            raise ValueError("no platform here")
+
+    return Refusing()

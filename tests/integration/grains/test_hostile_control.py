@@ -13,8 +13,10 @@ import capnp
 import pytest
 
 from grainhouse_common.errors import GrainhouseError
-from grainhouse_grainmgr.control import BridgeClient, GrainEnds, refusing_backend
+from grainhouse_grainmgr.control import BridgeClient, GrainEnds
 from grainhouse_grainmgr.launcher import Launcher, LauncherSettings, SpawnSpec
+
+from .conftest import refusing_backend
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,9 @@ import pytest
 
 from grainhouse_common.errors import GrainhouseError
 from grainhouse_grainmgr import control
-from grainhouse_grainmgr.control import BridgeClient, GrainEnds, refusing_backend
+from grainhouse_grainmgr.control import BridgeClient, GrainEnds
+
+from .conftest import refusing_backend
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from grainhouse_grainmgr import bridge, control
+from grainhouse_grainmgr import bridge, bridge_capnp, control
 
 pytestmark = pytest.mark.unit
 
@@ -65,13 +65,13 @@ def test_a_unix_socket_listens_once_it_exists_and_accepts(tmp_path: Path) -> Non
 
 
 def test_the_fork_server_parses_the_schema_grainmgr_mounts_into_grains() -> None:
-    saved = bridge.PRELOADED_SCHEMA
+    saved = bridge_capnp.PRELOADED_SCHEMA
     try:
-        bridge.preload_schema()
-        schema = bridge.PRELOADED_SCHEMA
+        bridge_capnp.preload_schema()
+        schema = bridge_capnp.PRELOADED_SCHEMA
         assert schema is not None
         # The same file the grains get as the config's `schema` (grains.RUNTIME_INSIDE).
         assert Path(schema.__file__).resolve() == control.schema_path()
         assert hasattr(schema.Bridge, "Server") and hasattr(schema, "Health")
     finally:
-        bridge.PRELOADED_SCHEMA = saved
+        bridge_capnp.PRELOADED_SCHEMA = saved
